@@ -1,0 +1,609 @@
+"""COCO-format instance segmentation: `CocoInstanceDataset` and `CocoDataModule`.
+
+Works for any dataset in COCO's annotation format, not only COCO itself, and handles what real COCO contains:
+category ids with gaps (mapped to contiguous labels sorted by id), polygon / compressed-RLE / uncompressed-RLE
+masks, crowd regions (kept, flagged by `iscrowd`), images without annotations, grayscale / CMYK / palette / RGBA
+images, and degenerate instances (skipped and counted by reason in `dataset.skipped`, or an error with strict=True).
+
+The annotation index is validated once at construction (no image decoding); images and masks are decoded lazily
+in `__getitem__`. Anything structurally wrong is a `DatasetError` whose one-line message names the file and the
+record.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+from pycocotools import mask as mask_utils
+from torch.utils.data import DataLoader, Dataset
+from torchvision import tv_tensors
+from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.transforms.v2 import functional as F
+
+from datamodules.transforms import build_eval_transforms, build_train_transforms
+
+
+class DatasetError(ValueError):
+    """Bad dataset input. The message is one line naming the file, the record and the problem."""
+
+
+# Why an instance was left out of the targets: reason -> what it means. `dataset.skipped` counts these.
+SKIP_REASONS = {
+    "box_too_small": "bbox width or height is below 1 pixel",
+    "box_outside_image": "bbox keeps less than 1 pixel of width or height inside the image",
+    "polygon_too_few_points": "no polygon part has 3 or more points",
+    "polygon_part_too_few_points": "a polygon part has fewer than 3 points (that part dropped, instance kept)",
+    "empty_rle": "RLE mask has zero area",
+    "empty_mask": "mask decodes to zero pixels",
+}
+
+
+def coco_layout(root: str | os.PathLike, split: str) -> tuple[str, str]:
+    """(image_dir, ann_file) of `split` (e.g. "val2017") in the COCO 2017 layout under `root`."""
+    root = Path(root)
+    return str(root / split), str(root / "annotations" / f"instances_{split}.json")
+
+
+def _one_line(text: Any) -> str:
+    return " ".join(str(text).split())
+
+
+def load_annotation_json(ann_file: str) -> dict:
+    """The parsed annotation file; DatasetError if it is missing, unreadable or not a JSON object."""
+    try:
+        with open(ann_file, "rb") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise DatasetError(f"{ann_file}: annotation file not found") from None
+    except json.JSONDecodeError as err:
+        raise DatasetError(
+            f"{ann_file}: not valid JSON: {err.msg} at line {err.lineno} column {err.colno} (char {err.pos})"
+        ) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise DatasetError(f"{ann_file}: cannot read annotation file: {_one_line(err)}") from None
+    if not isinstance(data, dict):
+        raise DatasetError(f"{ann_file}: top level must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _records(data: dict, key: str, ann_file: str, required: bool = True) -> list:
+    if key not in data:
+        if required:
+            raise DatasetError(f"{ann_file}: missing top-level key '{key}'")
+        return []
+    if not isinstance(data[key], list):
+        raise DatasetError(f"{ann_file}: '{key}' must be a list, got {type(data[key]).__name__}")
+    return data[key]
+
+
+def parse_categories(data: dict, ann_file: str) -> list[tuple[int, str]]:
+    """[(category_id, name)] sorted by id: the position in this list is the contiguous label."""
+    categories = {}
+    for position, record in enumerate(_records(data, "categories", ann_file)):
+        cat_id = record.get("id") if isinstance(record, dict) else None
+        if not _is_int(cat_id):
+            raise DatasetError(f"{ann_file}: category #{position}: 'id' missing or not an integer")
+        if cat_id in categories:
+            raise DatasetError(f"{ann_file}: category id {cat_id}: duplicate id")
+        name = record.get("name")
+        if not isinstance(name, str):
+            raise DatasetError(f"{ann_file}: category id {cat_id}: 'name' missing or not a string")
+        categories[cat_id] = name
+    if not categories:
+        raise DatasetError(f"{ann_file}: 'categories' is empty")
+    return sorted(categories.items())
+
+
+def read_categories(ann_file: str) -> list[tuple[int, str]]:
+    """Categories of an annotation file, without indexing its images or annotations."""
+    return parse_categories(load_annotation_json(ann_file), ann_file)
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    ann_id: int
+    label: int  # contiguous, 0..C-1
+    iscrowd: int
+    box: tuple[float, float, float, float]  # xyxy, clamped to the image
+    segmentation: list | dict  # polygon parts with >= 3 points, or an RLE dict (counts: list or str)
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    image_id: int
+    file_name: str
+    height: int
+    width: int
+    instances: list[InstanceRecord]
+
+
+class _PackedRecords:
+    """Records pickled into one numpy byte buffer.
+
+    Why: DataLoader workers are forked; a list of Python objects has its reference counts written on every read,
+    so copy-on-write duplicates it page by page into every worker (pytorch#13246). One flat buffer is only read.
+    """
+
+    def __init__(self, records: list[ImageRecord]):
+        blobs = [np.frombuffer(pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL), dtype=np.uint8) for r in records]
+        self._ends = np.cumsum([len(b) for b in blobs], dtype=np.int64)
+        self._buffer = np.concatenate(blobs) if blobs else np.zeros(0, dtype=np.uint8)
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, index: int) -> ImageRecord:
+        start = int(self._ends[index - 1]) if index > 0 else 0
+        return pickle.loads(self._buffer[start : int(self._ends[index])].tobytes())
+
+
+class CocoInstanceDataset(Dataset):
+    """One split of a COCO-format dataset.
+
+    `dataset[i]` is `(image, target)`: image float32 [3,H,W] in 0..1 (after `transforms`), target a dict with
+    boxes float32 [N,4] xyxy pixels, labels int64 [N] contiguous, masks uint8 [N,H,W], iscrowd int64 [N],
+    image_id int (the file's own id), orig_size (H0, W0). Crowd regions are included, flagged by iscrowd.
+
+    Args:
+        image_dir: folder the records' `file_name` are relative to.
+        ann_file: COCO-format instances JSON.
+        transforms: `(image, target) -> (image, target)` (see datamodules.transforms); default: eval (identity).
+        skip_empty: leave out images with no kept non-crowd instance (for training; crowd-only images too, as
+            detectron2 does, since crowd regions give no training signal).
+        strict: degenerate instances raise DatasetError instead of being skipped.
+
+    `skipped` counts left-out instances by reason (SKIP_REASONS); "empty_mask" is only known once a mask is
+    decoded, so it counts the samples loaded in this process.
+    """
+
+    def __init__(
+        self,
+        image_dir: str,
+        ann_file: str,
+        transforms: Callable | None = None,
+        skip_empty: bool = False,
+        strict: bool = False,
+    ):
+        self.image_dir = str(image_dir)
+        self.ann_file = str(ann_file)
+        self.transforms = transforms if transforms is not None else build_eval_transforms()
+        self.strict = strict
+        self.skipped: Counter[str] = Counter()
+
+        data = load_annotation_json(self.ann_file)
+        self.categories = parse_categories(data, self.ann_file)
+        self.label_to_cat_id = [cat_id for cat_id, _ in self.categories]
+        self.class_names = [name for _, name in self.categories]
+        self.num_classes = len(self.categories)
+        records = self._build_index(data)
+        del data
+        self._check_image_files(records)
+        if skip_empty:
+            records = [r for r in records if any(not inst.iscrowd for inst in r.instances)]
+        self.image_ids = [r.image_id for r in records]
+        self._records = _PackedRecords(records)
+
+    # ------------------------------------------------------------------------------------------ index (once)
+
+    def _error(self, record: str, problem: str) -> DatasetError:
+        return DatasetError(f"{self.ann_file}: {record}: {problem}")
+
+    def _skip(self, reason: str, record: str, count: int = 1) -> None:
+        if self.strict:
+            raise self._error(record, f"degenerate instance ({reason}: {SKIP_REASONS[reason]}); strict mode")
+        self.skipped[reason] += count
+
+    def _build_index(self, data: dict) -> list[ImageRecord]:
+        images: dict[int, dict] = {}
+        for position, image in enumerate(_records(data, "images", self.ann_file)):
+            image_id = image.get("id") if isinstance(image, dict) else None
+            if not _is_int(image_id):
+                raise self._error(f"image #{position}", "'id' missing or not an integer")
+            where = f"image id {image_id}"
+            if image_id in images:
+                raise self._error(where, "duplicate id")
+            if not isinstance(image.get("file_name"), str) or not image["file_name"]:
+                raise self._error(where, "'file_name' missing or not a string")
+            for key in ("width", "height"):
+                if not _is_int(image.get(key)) or image[key] <= 0:
+                    raise self._error(where, f"'{key}' missing or not a positive integer")
+            images[image_id] = image
+
+        cat_id_to_label = {cat_id: label for label, (cat_id, _) in enumerate(self.categories)}
+        instances: dict[int, list[InstanceRecord]] = {image_id: [] for image_id in images}
+        seen_ann_ids: set[int] = set()
+        for position, ann in enumerate(_records(data, "annotations", self.ann_file, required=False)):
+            ann_id = ann.get("id") if isinstance(ann, dict) else None
+            if not _is_int(ann_id):
+                raise self._error(f"annotation #{position}", "'id' missing or not an integer")
+            if ann_id in seen_ann_ids:
+                raise self._error(f"annotation id {ann_id}", "duplicate id")
+            seen_ann_ids.add(ann_id)
+            image_id = ann.get("image_id")
+            image = images.get(image_id) if _is_int(image_id) else None
+            if image is None:
+                raise self._error(f"annotation id {ann_id}", f"image_id {image_id!r} is not in 'images'")
+            where = f"annotation id {ann_id} (image id {image['id']})"
+            category_id = ann.get("category_id")
+            label = cat_id_to_label.get(category_id) if _is_int(category_id) else None
+            if label is None:
+                raise self._error(where, f"category_id {category_id!r} is not in 'categories'")
+            instance = self._index_instance(ann, image, label, where)
+            if instance is not None:
+                instances[image["id"]].append(instance)
+
+        return [
+            ImageRecord(image_id, image["file_name"], image["height"], image["width"], instances[image_id])
+            for image_id, image in images.items()
+        ]
+
+    def _index_instance(self, ann: dict, image: dict, label: int, where: str) -> InstanceRecord | None:
+        height, width = image["height"], image["width"]
+        iscrowd = ann.get("iscrowd", 0)
+        if iscrowd not in (0, 1):
+            raise self._error(where, f"'iscrowd' must be 0 or 1, got {iscrowd!r}")
+        bbox = ann.get("bbox")
+        if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+            raise self._error(where, f"'bbox' missing or not 4 finite numbers [x, y, w, h]: {bbox!r}")
+        if "segmentation" not in ann:
+            raise self._error(where, "'segmentation' missing")
+
+        x, y, w, h = bbox
+        if w < 1 or h < 1:
+            self._skip("box_too_small", where)
+            return None
+        # COCO boxes overshoot the image by fractions of a pixel; targets are clamped (as torchvision's reference).
+        x1, x2 = min(max(x, 0.0), width), min(max(x + w, 0.0), width)
+        y1, y2 = min(max(y, 0.0), height), min(max(y + h, 0.0), height)
+        if x2 - x1 < 1 or y2 - y1 < 1:
+            self._skip("box_outside_image", where)
+            return None
+
+        segmentation = self._index_segmentation(ann["segmentation"], height, width, where)
+        if segmentation is None:
+            return None
+        box = (float(x1), float(y1), float(x2), float(y2))
+        return InstanceRecord(ann["id"], label, int(iscrowd), box, segmentation)
+
+    def _index_segmentation(self, seg: Any, height: int, width: int, where: str) -> list | dict | None:
+        if isinstance(seg, list):
+            # Coordinates are checked when decoding (pycocotools raises on non-numbers); lengths are checked here
+            # because pycocotools reads a 4-number part as a box, not a 2-point polygon.
+            if not all(isinstance(part, list) for part in seg):
+                raise self._error(where, "polygon 'segmentation' must be a list of lists of coordinates")
+            for index, part in enumerate(seg):
+                if len(part) % 2:
+                    raise self._error(where, f"polygon part {index} has an odd number of coordinates ({len(part)})")
+            parts = [part for part in seg if len(part) >= 6]
+            if not parts:
+                self._skip("polygon_too_few_points", where)
+                return None
+            if len(parts) < len(seg):
+                self._skip("polygon_part_too_few_points", where, count=len(seg) - len(parts))
+            return parts
+        if isinstance(seg, dict):
+            size, counts = seg.get("size"), seg.get("counts")
+            if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) for v in size)):
+                raise self._error(where, f"RLE 'size' must be [height, width], got {size!r}")
+            if size != [height, width]:
+                raise self._error(where, f"RLE size {size} does not match the image size [{height}, {width}]")
+            if isinstance(counts, list):
+                if not all(_is_int(v) and v >= 0 for v in counts):
+                    raise self._error(where, "uncompressed RLE 'counts' must be non-negative integers")
+                if sum(counts) != height * width:
+                    raise self._error(where, f"uncompressed RLE counts sum to {sum(counts)}, expected {height * width}")
+                area = sum(counts[1::2])
+            elif isinstance(counts, str):
+                area = int(mask_utils.area({"size": size, "counts": counts.encode("ascii", "replace")}))
+                if area > height * width:
+                    raise self._error(where, "compressed RLE 'counts' is not a valid RLE string")
+            else:
+                raise self._error(where, "RLE 'counts' must be a list of integers or a string")
+            if area == 0:
+                self._skip("empty_rle", where)
+                return None
+            return {"size": size, "counts": counts}
+        raise self._error(where, f"'segmentation' must be polygons (list) or RLE (dict), got {type(seg).__name__}")
+
+    def _check_image_files(self, records: list[ImageRecord]) -> None:
+        # One directory listing instead of a stat per image: cheap even for 118k files on a network file system.
+        if not os.path.isdir(self.image_dir):
+            raise DatasetError(f"{self.image_dir}: image folder not found (images of {self.ann_file})")
+        present = set(os.listdir(self.image_dir))
+        for record in records:
+            name = record.file_name
+            found = name in present if os.sep not in name and "/" not in name else os.path.isfile(self._path(record))
+            if not found:
+                raise self._error(f"image id {record.image_id}", f"image file not found: {self._path(record)}")
+
+    # ---------------------------------------------------------------------------------------- samples (lazy)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        record = self._records[index]
+        image = self._read_image(record)
+        instances, masks = self._decode_masks(record)
+        canvas = (record.height, record.width)
+        boxes = torch.tensor([inst.box for inst in instances], dtype=torch.float32).reshape(-1, 4)
+        target = {
+            "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=canvas),
+            "labels": torch.tensor([inst.label for inst in instances], dtype=torch.int64),
+            "masks": tv_tensors.Mask(torch.from_numpy(masks)),
+            "iscrowd": torch.tensor([inst.iscrowd for inst in instances], dtype=torch.int64),
+            "image_id": record.image_id,
+            "orig_size": canvas,
+        }
+        return self.transforms(tv_tensors.Image(image), target)
+
+    def _path(self, record: ImageRecord) -> str:
+        return os.path.join(self.image_dir, record.file_name)
+
+    def _read_image(self, record: ImageRecord) -> torch.Tensor:
+        """uint8 [3,H,W] in stored pixel order: EXIF orientation is NOT applied, COCO annotations refer to the
+        stored pixels."""
+        path = self._path(record)
+        where = f"image id {record.image_id}"
+        try:
+            encoded = read_file(path)
+        except (OSError, RuntimeError) as err:
+            raise self._error(where, f"cannot read image file {path}: {_one_line(err)}") from None
+        try:
+            image = decode_image(encoded, mode=ImageReadMode.RGB, apply_exif_orientation=False)
+        except RuntimeError:
+            # Formats torchvision's decoders lack (BMP, TIFF); PIL also names the problem of a corrupt file.
+            image = self._decode_with_pil(path, where)
+        if image.dtype != torch.uint8:  # 16-bit PNG
+            image = F.to_dtype(image, torch.uint8, scale=True)
+        if tuple(image.shape[-2:]) != (record.height, record.width):
+            raise self._error(
+                where,
+                f"image file {path} is {image.shape[-2]}x{image.shape[-1]} (HxW) but the record says "
+                f"{record.height}x{record.width}",
+            )
+        return image
+
+    def _decode_with_pil(self, path: str, where: str) -> torch.Tensor:
+        try:
+            with Image.open(path) as pil:
+                if pil.mode.startswith("I;16"):  # PIL's RGB conversion clips 16-bit grey instead of scaling it
+                    grey = torch.from_numpy((np.asarray(pil).astype(np.uint16) >> 8).astype(np.uint8))
+                    return grey.expand(3, -1, -1).contiguous()
+                if pil.mode == "P" and "transparency" in pil.info:
+                    pil = pil.convert("RGBA")
+                return F.pil_to_tensor(pil.convert("RGB"))
+        except (OSError, ValueError, Image.DecompressionBombError) as err:
+            raise self._error(where, f"cannot decode image file {path}: {_one_line(err)}") from None
+
+    def _decode_masks(self, record: ImageRecord) -> tuple[list[InstanceRecord], np.ndarray]:
+        """The instances whose mask is not empty, and their masks uint8 [N,H,W]."""
+        height, width = record.height, record.width
+        rles = [self._instance_rle(inst, height, width, record) for inst in record.instances]
+        areas = mask_utils.area(rles) if rles else []
+        kept_instances, kept_rles = [], []
+        for inst, rle, area in zip(record.instances, rles, areas):
+            if area == 0:
+                self._skip("empty_mask", f"annotation id {inst.ann_id} (image id {record.image_id})")
+            else:
+                kept_instances.append(inst)
+                kept_rles.append(rle)
+        if not kept_rles:
+            return [], np.zeros((0, height, width), dtype=np.uint8)
+        try:
+            masks = mask_utils.decode(kept_rles)  # [H, W, N], Fortran order
+        except ValueError:
+            for inst, rle in zip(kept_instances, kept_rles):
+                try:
+                    mask_utils.decode(rle)
+                except ValueError as err:
+                    raise self._error(
+                        f"annotation id {inst.ann_id} (image id {record.image_id})", f"invalid RLE: {_one_line(err)}"
+                    ) from None
+            raise
+        return kept_instances, np.ascontiguousarray(masks.transpose(2, 0, 1))
+
+    def _instance_rle(self, inst: InstanceRecord, height: int, width: int, record: ImageRecord) -> dict:
+        seg = inst.segmentation
+        try:
+            if isinstance(seg, list):
+                return mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
+            if isinstance(seg["counts"], list):
+                return mask_utils.frPyObjects(seg, height, width)
+            return {"size": seg["size"], "counts": seg["counts"].encode("ascii")}
+        except (TypeError, ValueError, UnicodeEncodeError) as err:
+            raise self._error(
+                f"annotation id {inst.ann_id} (image id {record.image_id})",
+                f"cannot rasterise 'segmentation': {_one_line(err)}",
+            ) from None
+
+
+def collate_instances(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:
+    """Images keep their own sizes, so a batch is two lists rather than stacked tensors."""
+    images, targets = zip(*batch)
+    return list(images), list(targets)
+
+
+class CocoDataModule(L.LightningDataModule):
+    """A COCO-format dataset as train / val splits (test and predict use val).
+
+    Paths: `root` in the COCO 2017 layout (`annotations/instances_{split}.json`, `{split}/`), or explicit
+    `{train,val}_images` + `{train,val}_ann` per split (these win over `root`). With neither, the synthetic
+    COCO-format dataset (datamodules.synthetic, generated once and cached) is used.
+
+    `num_classes`, `class_names` and `label_to_cat_id` are readable right after construction (they read only the
+    categories of the val annotation file, or train's if there is no val split), because LightningCLI links
+    `data.num_classes` into the model before fitting starts.
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        train_images: str | None = None,
+        train_ann: str | None = None,
+        val_images: str | None = None,
+        val_ann: str | None = None,
+        train_split: str = "train2017",
+        val_split: str = "val2017",
+        batch_size: int = 2,
+        val_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        skip_empty_train: bool = True,
+        strict: bool = False,
+        hflip_prob: float = 0.5,
+        photometric: bool = False,
+        scale_jitter: list[float] | None = None,
+        synthetic_num_train: int = 200,
+        synthetic_num_val: int = 50,
+        synthetic_image_size: int = 128,
+        synthetic_seed: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        if batch_size < 1 or (val_batch_size is not None and val_batch_size < 1):
+            raise ValueError(f"batch sizes must be >= 1, got batch_size={batch_size}, val_batch_size={val_batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        for split, images, ann in (("train", train_images, train_ann), ("val", val_images, val_ann)):
+            if (images is None) != (ann is None):
+                raise ValueError(f"give both {split}_images and {split}_ann, or neither")
+        # Build the train pipeline now so a bad hflip_prob / scale_jitter fails at configuration time.
+        self.train_transforms = build_train_transforms(hflip_prob, photometric, scale_jitter)
+        self.eval_transforms = build_eval_transforms()
+        self.train_dataset: CocoInstanceDataset | None = None
+        self.val_dataset: CocoInstanceDataset | None = None
+        self._synthetic_root: Path | None = None
+        self._categories: list[tuple[int, str]] | None = None
+
+    # ------------------------------------------------------------------------------------------------- paths
+
+    def _root(self) -> Path | None:
+        hp = self.hparams
+        if hp.root is not None:
+            return Path(hp.root)
+        if any(p is not None for p in (hp.train_images, hp.train_ann, hp.val_images, hp.val_ann)):
+            return None  # explicit paths given: no silent fallback to synthetic data for the missing split
+        if self._synthetic_root is None:
+            from datamodules.synthetic import synthetic_root  # only the embedded default needs it
+
+            self._synthetic_root = synthetic_root(
+                num_train=hp.synthetic_num_train,
+                num_val=hp.synthetic_num_val,
+                image_size=hp.synthetic_image_size,
+                seed=hp.synthetic_seed,
+            )
+        return self._synthetic_root
+
+    def split_paths(self, split: str) -> tuple[str, str]:
+        """(image_dir, ann_file) of split "train" or "val"."""
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        hp = self.hparams
+        images, ann = (hp.train_images, hp.train_ann) if split == "train" else (hp.val_images, hp.val_ann)
+        if images is not None:
+            return str(images), str(ann)
+        root = self._root()
+        if root is None:
+            raise DatasetError(f"no {split} split configured: give data.root or data.{split}_images + data.{split}_ann")
+        return coco_layout(root, hp.train_split if split == "train" else hp.val_split)
+
+    def ann_file(self, split: str) -> str:
+        """Path of the annotation JSON of split "train" or "val" (what the evaluator scores against)."""
+        return self.split_paths(split)[1]
+
+    # -------------------------------------------------------------------------------------------- categories
+
+    def _read_categories(self) -> list[tuple[int, str]]:
+        if self._categories is None:
+            if self.val_dataset is not None:
+                self._categories = self.val_dataset.categories
+            else:
+                try:
+                    ann = self.ann_file("val")
+                except DatasetError:
+                    ann = self.ann_file("train")
+                self._categories = read_categories(ann)
+        return self._categories
+
+    @property
+    def num_classes(self) -> int:
+        return len(self._read_categories())
+
+    @property
+    def class_names(self) -> list[str]:
+        return [name for _, name in self._read_categories()]
+
+    @property
+    def label_to_cat_id(self) -> list[int]:
+        return [cat_id for cat_id, _ in self._read_categories()]
+
+    # ------------------------------------------------------------------------------------------------- setup
+
+    def prepare_data(self) -> None:
+        self._root()  # generates the synthetic default once, on one process, before setup() runs everywhere
+
+    def setup(self, stage: str | None = None) -> None:
+        hp = self.hparams
+        if self.val_dataset is None:
+            image_dir, ann = self.split_paths("val")
+            self.val_dataset = CocoInstanceDataset(image_dir, ann, self.eval_transforms, strict=hp.strict)
+        if stage in ("fit", None) and self.train_dataset is None:
+            image_dir, ann = self.split_paths("train")
+            self.train_dataset = CocoInstanceDataset(
+                image_dir, ann, self.train_transforms, skip_empty=hp.skip_empty_train, strict=hp.strict
+            )
+            if self.train_dataset.categories != self.val_dataset.categories:
+                raise DatasetError(
+                    f"{self.train_dataset.ann_file} and {self.val_dataset.ann_file}: category lists differ "
+                    f"(train {len(self.train_dataset.categories)}, val {len(self.val_dataset.categories)} categories;"
+                    " ids and names must be identical)"
+                )
+        self._categories = self.val_dataset.categories
+
+    def _loader(self, dataset: CocoInstanceDataset, batch_size: int, shuffle: bool) -> DataLoader:
+        hp = self.hparams
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=hp.num_workers,
+            pin_memory=hp.pin_memory,
+            persistent_workers=hp.persistent_workers and hp.num_workers > 0,
+            collate_fn=collate_instances,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_dataset is None:
+            self.setup("fit")
+        return self._loader(self.train_dataset, self.hparams.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        if self.val_dataset is None:
+            self.setup("validate")
+        return self._loader(self.val_dataset, self.hparams.val_batch_size or self.hparams.batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
