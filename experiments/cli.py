@@ -1,0 +1,238 @@
+"""The `maskbench` command.
+
+Training-side verbs go through Lightning's CLI so every run saves its resolved config:
+
+    maskbench fit|validate|test|predict --config FILE.yaml [--config MORE.yaml] [--data.root DIR] [--x.y value]
+
+The model is chosen by the config (`model: {class_path: models.mask_rcnn.MaskRCNN, init_args: ...}` or the short
+class name `--model MaskRCNN`); `data.num_classes` is read from the dataset and linked into the model.
+
+The other verbs are plain argparse sub-commands:
+
+    maskbench data synth --out DIR [--num-train N --num-val M --image-size S --seed K]
+    maskbench data check --root DIR [--split train|val] [--strict] [--json]
+    maskbench eval-json --ann ANN.json --results RESULTS.json [--json]
+    maskbench convert FORMAT IN OUT
+    maskbench demo
+
+Bad input (a `DatasetError`) ends every verb with one line `error: ...` and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from datamodules.coco import DatasetError
+
+LIGHTNING_VERBS = ("fit", "validate", "test", "predict")
+
+# Explicit table of checkpoint converters: format name -> "module:function(in_path, out_path)".
+# Imported lazily so `maskbench data ...` does not pay for building models.
+CONVERTERS = {
+    "torchvision-maskrcnn": "models.mask_rcnn.convert:convert_torchvision_maskrcnn",
+}
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+QUICKSTART_DIR = Path(__file__).resolve().parent / "configs" / "quickstart"
+
+
+def run_lightning(argv: Sequence[str], run: bool = True):
+    """Run Lightning's CLI on `argv` (verb first); returns the LightningCLI object."""
+    from lightning.pytorch.cli import LightningCLI
+
+    import models  # noqa: F401  (imports every architecture so short class names resolve)
+    from datamodules.coco import CocoDataModule
+    from models.base import InstanceSegmentationModule
+
+    class MaskbenchCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser):
+            # The class count is a property of the dataset, not a model setting.
+            parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+
+    return MaskbenchCLI(
+        InstanceSegmentationModule,
+        CocoDataModule,
+        subclass_mode_model=True,
+        args=list(argv) if run else list(argv[1:]),
+        run=run,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+    )
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+def _data_synth(args) -> int:
+    from datamodules.synthetic import write_synthetic_dataset
+
+    out = write_synthetic_dataset(
+        args.out, num_train=args.num_train, num_val=args.num_val, image_size=args.image_size, seed=args.seed
+    )
+    print(f"wrote synthetic COCO-format dataset to {out}")
+    return 0
+
+
+def format_check_summary(summary: dict, where: str) -> str:
+    lines = [
+        f"dataset        {where}",
+        f"images         {summary['images']}",
+        f"instances      {summary['instances']}  (crowd {summary['crowd']})",
+        f"categories     {summary['categories']}",
+        f"empty images   {summary['empty_images']}",
+    ]
+    skipped = summary["skipped"]
+    if skipped:
+        lines.append("skipped        " + ", ".join(f"{reason}: {n}" for reason, n in sorted(skipped.items())))
+    else:
+        lines.append("skipped        none")
+    return "\n".join(lines)
+
+
+def _data_check(args) -> int:
+    from datamodules.check import check_dataset, resolve_split
+
+    image_dir, ann_file = resolve_split(args.root, args.split)
+    summary = check_dataset(image_dir, ann_file, strict=args.strict, progress=not args.json)
+    if args.json:
+        print(json.dumps(summary, sort_keys=False))
+    else:
+        print(format_check_summary(summary, f"{ann_file}"))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- eval-json
+
+
+def _eval_json(args) -> int:
+    from datamodules.evaluation import evaluate_results_file
+
+    metrics = evaluate_results_file(args.ann, args.results)
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        print(format_metrics_table(metrics))
+    return 0
+
+
+def format_metrics_table(metrics: dict[str, dict[str, float]]) -> str:
+    """Rows = iou types, columns = the 12 COCO numbers (AP as percentages, as papers print them)."""
+    keys = list(next(iter(metrics.values())).keys())
+    header = "type  " + " ".join(f"{k:>6}" for k in keys)
+    rows = [header]
+    for iou_type, stats in metrics.items():
+        rows.append(f"{iou_type:<5} " + " ".join(f"{100 * stats[k]:6.2f}" for k in keys))
+    return "\n".join(rows)
+
+
+# ------------------------------------------------------------------------------------------ convert
+
+
+def _load_converter(name: str) -> Callable[[str, str], object]:
+    module_name, function_name = CONVERTERS[name].split(":")
+    return getattr(importlib.import_module(module_name), function_name)
+
+
+def _convert(args) -> int:
+    out = _load_converter(args.format)(args.input, args.output)
+    print(f"wrote {out or args.output}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- demo
+
+
+def _demo(args) -> int:
+    """The embedded default end to end: synthetic data -> data check -> every quickstart model trained,
+    evaluated with the COCO evaluator, metrics printed."""
+    from datamodules.check import check_dataset, resolve_split
+    from datamodules.synthetic import synthetic_root
+
+    root = synthetic_root()
+    image_dir, ann_file = resolve_split(str(root), "val")
+    print(format_check_summary(check_dataset(image_dir, ann_file, progress=False), str(root)), flush=True)
+
+    import models
+
+    results = {}
+    for name in models.MODELS:
+        config = QUICKSTART_DIR / f"{name}.yaml"
+        if not config.exists():
+            continue
+        out_dir = Path(args.out) / name
+        print(f"\n=== {name}: training {config.relative_to(REPO_ROOT)} -> {out_dir}", flush=True)
+        cli = run_lightning(["fit", "--config", str(config), "--trainer.default_root_dir", str(out_dir)])
+        metrics_file = Path(cli.trainer.log_dir or out_dir) / "metrics.json"
+        results[name] = json.loads(metrics_file.read_text())
+    if not results:
+        return 0
+    print("\nmodel        segm AP  segm AP50  bbox AP")
+    for name, m in results.items():
+        print(f"{name:<12} {m['val/segm_AP']:7.3f}  {m['val/segm_AP50']:9.3f}  {m['val/bbox_AP']:7.3f}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="maskbench",
+        description="Instance-segmentation benchmarking. Training verbs: maskbench fit|validate|test|predict "
+        "--config FILE.yaml (Lightning CLI; see `maskbench fit --help`).",
+    )
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    data = verbs.add_parser("data", help="make or check a COCO-format dataset")
+    data_verbs = data.add_subparsers(dest="data_verb", required=True)
+    synth = data_verbs.add_parser("synth", help="write the synthetic COCO-format dataset")
+    synth.add_argument("--out", required=True)
+    synth.add_argument("--num-train", type=int, default=200)
+    synth.add_argument("--num-val", type=int, default=50)
+    synth.add_argument("--image-size", type=int, default=128)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(handler=_data_synth)
+    check = data_verbs.add_parser("check", help="load every record of a split through the dataset code")
+    check.add_argument("--root", required=True, help="dataset root in the COCO 2017 layout")
+    check.add_argument("--split", default="train", choices=["train", "val"])
+    check.add_argument("--strict", action="store_true", help="degenerate instances are errors, not skips")
+    check.add_argument("--json", action="store_true")
+    check.set_defaults(handler=_data_check)
+
+    ev = verbs.add_parser("eval-json", help="COCO metrics of a standard results file")
+    ev.add_argument("--ann", required=True)
+    ev.add_argument("--results", required=True)
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(handler=_eval_json)
+
+    conv = verbs.add_parser("convert", help="turn another codebase's checkpoint into a maskbench checkpoint")
+    conv.add_argument("format", choices=sorted(CONVERTERS))
+    conv.add_argument("input")
+    conv.add_argument("output")
+    conv.set_defaults(handler=_convert)
+
+    demo = verbs.add_parser("demo", help="synthetic data -> check -> quickstart models trained and evaluated")
+    demo.add_argument("--out", default="outputs/demo")
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in LIGHTNING_VERBS:
+            run_lightning(argv)
+            return 0
+        args = build_parser().parse_args(argv)
+        return args.handler(args)
+    except DatasetError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
