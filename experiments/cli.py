@@ -230,8 +230,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return args.handler(args)
     except DatasetError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line_message(err)}", file=sys.stderr)
         return 2
+
+
+def one_line_message(err: DatasetError) -> str:
+    """The dataset's own one-line message, also when a DataLoader worker raised it: PyTorch re-raises a worker's
+    exception with the worker's whole traceback as its message, whose last line is `<type>: <message>`."""
+    text = str(err).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1].split(": ", 1)[-1]
+    return text
 
 
 if __name__ == "__main__":

@@ -101,3 +101,23 @@ def test_eval_json_missing_results_file(small_synthetic_root, tmp_path, capsys):
     code = main(["eval-json", "--ann", str(ann), "--results", str(tmp_path / "missing.json")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "missing.json" in err and "\n" not in err
+
+
+def test_error_raised_in_a_dataloader_worker_stays_one_line():
+    """PyTorch re-raises a worker's DatasetError with the worker's traceback as the message."""
+    from torch.utils.data import DataLoader, Dataset
+
+    from datamodules.coco import DatasetError
+    from experiments.cli import one_line_message
+
+    class Broken(Dataset):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, index):
+            raise DatasetError("/data/val2017/000000000001.jpg: image id 1 is unreadable (truncated file)")
+
+    with pytest.raises(DatasetError) as caught:
+        next(iter(DataLoader(Broken(), num_workers=1)))
+    assert "\n" in str(caught.value)
+    assert one_line_message(caught.value) == "/data/val2017/000000000001.jpg: image id 1 is unreadable (truncated file)"
