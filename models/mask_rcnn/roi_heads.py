@@ -1,0 +1,78 @@
+"""Box and mask heads on RoIs: torchvision's RoIHeads with detection and losses as two explicit calls.
+
+torchvision's `RoIHeads.forward` samples proposals and returns losses only when `self.training`, and returns
+detections only when not. This subclass re-sequences the same torchvision pieces (`select_training_samples`,
+`postprocess_detections`, `fastrcnn_loss`, `maskrcnn_loss`, `maskrcnn_inference`) into `detect` and `losses`,
+which behave the same in train and eval mode. Nothing in torchvision is patched.
+
+Labels here are the internal ones: 0 is background, object classes are 1..num_classes.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss, maskrcnn_inference, maskrcnn_loss
+
+
+class MaskRoIHeads(RoIHeads):
+    """Box classification/regression and mask prediction on RoIs pooled from the pyramid."""
+
+    def detect(
+        self, features: dict[str, Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]]
+    ) -> list[dict[str, Tensor]]:
+        """Final detections per image, in the resized image's coordinates.
+
+        Returns per image: `boxes` [K, 4], `scores` [K], `labels` [K] (internal, >= 1), `mask_probs` [K, 1, M, M]
+        (the predicted class's mask in the box frame, probabilities).
+        """
+        class_logits, box_regression = self._box_outputs(features, proposals, image_sizes)
+        boxes, scores, labels = self.postprocess_detections(class_logits, box_regression, proposals, image_sizes)
+        mask_logits = self._mask_logits(features, boxes, image_sizes)
+        mask_probs = maskrcnn_inference(mask_logits, labels)
+        return [
+            {"boxes": b, "scores": s, "labels": lab, "mask_probs": m}
+            for b, s, lab, m in zip(boxes, scores, labels, mask_probs)
+        ]
+
+    def losses(
+        self,
+        features: dict[str, Tensor],
+        proposals: list[Tensor],
+        image_sizes: list[tuple[int, int]],
+        targets: list[dict[str, Tensor]],
+    ) -> dict[str, Tensor]:
+        """Classification, box-regression and mask losses on RoIs sampled from `proposals` + ground truth.
+
+        `targets[i]`: `boxes` [N, 4] (resized image), `labels` [N] internal, `masks` [N, H, W] uint8.
+        """
+        proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
+        class_logits, box_regression = self._box_outputs(features, proposals, image_sizes)
+        loss_cls, loss_box = fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
+
+        # The mask branch trains on the positive RoIs only.
+        positives = [torch.where(image_labels > 0)[0] for image_labels in labels]
+        mask_proposals = [p[keep] for p, keep in zip(proposals, positives)]
+        mask_matched_idxs = [m[keep] for m, keep in zip(matched_idxs, positives)]
+        mask_logits = self._mask_logits(features, mask_proposals, image_sizes)
+        loss_mask = maskrcnn_loss(
+            mask_logits,
+            mask_proposals,
+            [t["masks"] for t in targets],
+            [t["labels"] for t in targets],
+            mask_matched_idxs,
+        )
+        return {"loss_cls": loss_cls, "loss_box": loss_box, "loss_mask": loss_mask}
+
+    def _box_outputs(
+        self, features: dict[str, Tensor], boxes: list[Tensor], image_sizes: list[tuple[int, int]]
+    ) -> tuple[Tensor, Tensor]:
+        """Class logits [R, C+1] and per-class box deltas [R, 4(C+1)] for the R boxes of the batch."""
+        pooled = self.box_roi_pool(features, boxes, image_sizes)
+        return self.box_predictor(self.box_head(pooled))
+
+    def _mask_logits(
+        self, features: dict[str, Tensor], boxes: list[Tensor], image_sizes: list[tuple[int, int]]
+    ) -> Tensor:
+        """Per-class mask logits [R, C+1, M, M] for the R boxes of the batch."""
+        pooled = self.mask_roi_pool(features, boxes, image_sizes)
+        return self.mask_predictor(self.mask_head(pooled))
