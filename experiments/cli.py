@@ -34,6 +34,7 @@ LIGHTNING_VERBS = ("fit", "validate", "test", "predict")
 # Imported lazily so `maskbench data ...` does not pay for building models.
 CONVERTERS = {
     "torchvision-maskrcnn": "models.mask_rcnn.convert:convert_torchvision_maskrcnn",
+    "yolact-official": "models.yolact.convert:convert_yolact_official",
 }
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -34,6 +34,16 @@ TINY_CONFIGS = {
         mask_head_channels=16,
         mask_resolution=14,
     ),
+    "yolact": dict(
+        backbone="resnet18",
+        fpn_channels=16,
+        num_prototypes=8,
+        proto_channels=16,
+        head_channels=16,
+        input_size=64,
+        anchor_scales=[8, 16, 32, 64, 128],
+        detections_per_img=20,
+    ),
 }
 
 

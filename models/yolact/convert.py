@@ -1,0 +1,181 @@
+"""Official YOLACT (dbolya/yolact, v1) ResNet weights -> a maskbench YOLACT Lightning checkpoint.
+
+    convert_yolact_official("yolact_resnet50_54_800000.pth", "yolact_r50_550.ckpt")
+    YOLACT.load_from_checkpoint("yolact_r50_550.ckpt")            # or: maskbench validate --ckpt_path ...
+
+The official file is a raw state dict. Its ResNet depth (blocks per stage), class count (conf_layer rows /
+anchors - 1), prototype count and FPN width are read from the shapes; the model is built with the official v1
+settings (square anchors, scales 24..384 x input_size / 550, ResNet normalisation). Keys map as:
+
+    backbone.conv1 / bn1                -> backbone.model.conv1 / bn1   (timm's ResNet names)
+    backbone.layers.{s}.*               -> backbone.model.layer{s+1}.*
+    fpn.lat_layers.{i}, pred_layers.{i} -> neck.lateral.{2-i}, neck.output.{2-i}   (official: coarsest first)
+    fpn.downsample_layers.{i}           -> neck.extra.{i}
+    proto_net.{j}                       -> protonet.{j}
+    prediction_layers.0.upfeature / bbox_layer / conf_layer / mask_layer
+                                        -> head.upfeature / box_layer / class_layer / coefficient_layer
+    semantic_seg_conv                   -> semantic_head
+
+The head's channel layout (anchor * (C+1) + class) is the official one, so its tensors copy unchanged. Keys the
+official loader also drops are tolerated: `backbone.layerN*` (not `layers`) and `fpn.downsample_layers.{i >= 2}`.
+Anything else that does not land on the model, and any model tensor left unfilled, is an error listing the keys.
+YOLACT++ (9 anchors, DCN backbones, mask-IoU head) and the DarkNet-53 backbone are not convertible here.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from typing import Any
+
+import lightning
+import torch
+from torch import Tensor
+
+from models.yolact.model import RESNET_MEAN, RESNET_STD, YOLACT
+
+OFFICIAL_SCALES = [24, 48, 96, 192, 384]  # at 550 px
+RESNET_DEPTHS = {(3, 4, 6, 3): "resnet50", (3, 4, 23, 3): "resnet101"}
+HEAD_NAMES = {
+    "upfeature.0": "upfeature.0",
+    "bbox_layer": "box_layer",
+    "conf_layer": "class_layer",
+    "mask_layer": "coefficient_layer",
+}
+_PATTERNS = [
+    (re.compile(r"^backbone\.(conv1|bn1)\.(.+)$"), lambda m: f"backbone.model.{m[1]}.{m[2]}"),
+    (re.compile(r"^backbone\.layers\.(\d+)\.(.+)$"), lambda m: f"backbone.model.layer{int(m[1]) + 1}.{m[2]}"),
+    (re.compile(r"^fpn\.lat_layers\.(\d+)\.(.+)$"), lambda m: f"neck.lateral.{2 - int(m[1])}.{m[2]}"),
+    (re.compile(r"^fpn\.pred_layers\.(\d+)\.(.+)$"), lambda m: f"neck.output.{2 - int(m[1])}.{m[2]}"),
+    (re.compile(r"^fpn\.downsample_layers\.([01])\.(.+)$"), lambda m: f"neck.extra.{m[1]}.{m[2]}"),
+    (re.compile(r"^proto_net\.(\d+)\.(.+)$"), lambda m: f"protonet.{m[1]}.{m[2]}"),
+    (
+        re.compile(r"^prediction_layers\.0\.(upfeature\.0|bbox_layer|conf_layer|mask_layer)\.(.+)$"),
+        lambda m: f"head.{HEAD_NAMES[m[1]]}.{m[2]}",
+    ),
+    (re.compile(r"^semantic_seg_conv\.(.+)$"), lambda m: f"semantic_head.{m[1]}"),
+]
+# Dropped by the official loader too: stale ResNet names of old checkpoints and unused extra downsample layers.
+_TOLERATED = re.compile(r"^(backbone\.layer\d.*|fpn\.downsample_layers\.([2-9]|\d\d+)\..+)$")
+
+
+def convert_yolact_official(in_path: str, out_path: str, input_size: int = 550) -> str:
+    """Convert the official YOLACT checkpoint at `in_path` into a Lightning checkpoint at `out_path`.
+
+    `input_size` is the square input the weights were trained at (550; 700 for yolact_im700, 400 for im400).
+    Returns `out_path`; raises ValueError naming the file when the weights do not map.
+    """
+    state = _read_state_dict(in_path)
+    settings = official_settings(state, in_path, input_size)
+    model = YOLACT(**settings)
+    model.load_state_dict(map_state_dict(state, model.state_dict(), in_path), strict=True)
+    checkpoint = {
+        "state_dict": model.state_dict(),
+        "hyper_parameters": dict(model.hparams),
+        "pytorch-lightning_version": lightning.__version__,
+        "epoch": 0,
+        "global_step": 0,
+    }
+    _save_atomically(checkpoint, out_path)
+    return out_path
+
+
+def official_settings(state: dict[str, Tensor], path: str, input_size: int = 550) -> dict[str, Any]:
+    """YOLACT constructor arguments reproducing the official v1 model whose weights are `state`."""
+    for key in ("backbone.conv1.weight", "prediction_layers.0.bbox_layer.weight", "proto_net.10.weight"):
+        if key not in state:
+            raise ValueError(f"{path}: no {key!r}: not an official YOLACT ResNet checkpoint (DarkNet is not supported)")
+    if any("conv_offset" in key for key in state) or "maskiou_net.main.0.weight" in state:
+        raise ValueError(f"{path}: YOLACT++ checkpoint (DCN / mask-IoU head): not supported, only YOLACT v1")
+    blocks = []
+    for stage in range(4):
+        indices = {int(k.split(".")[3]) for k in state if k.startswith(f"backbone.layers.{stage}.")}
+        blocks.append(len(indices))
+    backbone = RESNET_DEPTHS.get(tuple(blocks))
+    if backbone is None:
+        raise ValueError(f"{path}: ResNet with {blocks} blocks per stage: neither ResNet-50 nor ResNet-101")
+    num_anchors = state["prediction_layers.0.bbox_layer.weight"].shape[0] // 4
+    if num_anchors != 3:
+        raise ValueError(f"{path}: {num_anchors} anchors per cell; only YOLACT v1 (3) is supported")
+    conf_rows = state["prediction_layers.0.conf_layer.weight"].shape[0]
+    if conf_rows % num_anchors:
+        raise ValueError(f"{path}: conf_layer has {conf_rows} rows, not a multiple of {num_anchors} anchors")
+    return dict(
+        num_classes=conf_rows // num_anchors - 1,
+        backbone=backbone,
+        out_indices=[2, 3, 4],
+        pretrained=False,
+        frozen_stages=0,
+        norm="bn",
+        fpn_channels=state["fpn.lat_layers.0.weight"].shape[0],
+        num_extra_levels=2,
+        num_prototypes=state["proto_net.10.weight"].shape[0],
+        proto_channels=state["proto_net.0.weight"].shape[0],
+        head_channels=state["prediction_layers.0.upfeature.0.weight"].shape[0],
+        input_size=input_size,
+        anchor_scales=[int(scale * input_size / 550) for scale in OFFICIAL_SCALES],
+        aspect_ratios=[1.0, 0.5, 2.0],
+        square_anchors=True,
+        pixel_mean=list(RESNET_MEAN),
+        pixel_std=list(RESNET_STD),
+    )
+
+
+def map_state_dict(state: dict[str, Tensor], expected: dict[str, Tensor], path: str) -> dict[str, Tensor]:
+    """Official keys -> maskbench keys; every model tensor filled, every official key used or tolerated."""
+    mapped, unused = {}, []
+    for key, value in state.items():
+        new_key = _map_key(key)
+        if new_key is None:
+            if not _TOLERATED.match(key):
+                unused.append(key)
+            continue
+        mapped[new_key] = value
+    for key in expected:
+        # BatchNorm's step counter: not a weight, and absent from some official files.
+        if key.endswith(".num_batches_tracked") and key not in mapped:
+            mapped[key] = torch.zeros_like(expected[key])
+    missing = sorted(set(expected) - set(mapped))
+    unused += sorted(k for k in mapped if k not in expected)
+    wrong_shape = [
+        f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}"
+        for k, v in mapped.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
+    if missing or unused or wrong_shape:
+        raise ValueError(
+            f"{path}: weights do not match the official YOLACT layout: missing {missing}, unused {unused}, "
+            f"wrong shape {wrong_shape}"
+        )
+    return mapped
+
+
+def _map_key(key: str) -> str | None:
+    for pattern, rewrite in _PATTERNS:
+        match = pattern.match(key)
+        if match:
+            return rewrite(match)
+    return None
+
+
+def _read_state_dict(path: str) -> dict[str, Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for a file it cannot read safely
+        raise ValueError(f"{path}: cannot be read as a weights-only torch file ({error})".replace("\n", " ")) from error
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"{path}: expected a raw state dict of tensors (the official YOLACT format)")
+    return state
+
+
+def _save_atomically(checkpoint: dict, path: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    handle, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".ckpt")
+    os.close(handle)
+    try:
+        torch.save(checkpoint, tmp_path)
+        os.replace(tmp_path, path)
+    except BaseException:
+        os.unlink(tmp_path)
+        raise
