@@ -6,8 +6,8 @@
     out_dir/annotations/instances_val2017.json     out_dir/val2017/000000000002.png ...
 
 Each image (long side `image_size`, short side 75-100 % of it, landscape or portrait) has a textured background
-(gradient, stripes or colour blotches, plus pixel noise) and 1-6 shapes of six classes with NON-contiguous
-category ids, random colours (some close to the background) and sizes from 14 px up to 55 % of the short side.
+(gradient, stripes or colour blotches, plus pixel noise) and 1-4 shapes of six classes with NON-contiguous
+category ids, random colours (some close to the background) and sizes from 24 px up to 60 % of the short side.
 Later shapes are drawn over earlier ones; an annotation stores the VISIBLE part and a shape left almost fully
 hidden is dropped before it is drawn, so no visible pixel is unannotated. About 7.5 % of the images are empty and
 about 10 % also hold a crowd region (a cluster of small shapes of one class, iscrowd=1, uncompressed RLE).
@@ -33,7 +33,7 @@ from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
 # Part of the cache directory name: bump it whenever the generator's output changes, so no stale cache is reused.
-VERSION = "v1"
+VERSION = "v2"
 
 # Ids are non-contiguous on purpose, as in real COCO: code that mistakes a category id for a label fails here.
 CATEGORIES = (
@@ -48,16 +48,16 @@ SPLITS = ("train", "val")
 
 MIN_IMAGE_SIZE = 64
 SHORT_SIDE_RANGE = (0.75, 1.0)  # short side as a fraction of image_size (the long side)
-MIN_SHAPE_DIAMETER = 14.0  # px, diameter of the shape's circumscribed circle
-MAX_SHAPE_FRACTION = 0.55  # largest diameter as a fraction of the short side
-INSTANCES_PER_IMAGE = (1, 6)
+MIN_SHAPE_DIAMETER = 24.0  # px, diameter of the shape's circumscribed circle
+MAX_SHAPE_FRACTION = 0.6  # largest diameter as a fraction of the short side
+INSTANCES_PER_IMAGE = (1, 4)
 EMPTY_FRACTION = 0.075
 CROWD_FRACTION = 0.10
 CROWD_BLOBS = (5, 10)
 MIN_VISIBLE_FRACTION = 0.25  # a shape with less of itself visible counts as almost fully occluded: dropped
 MIN_VISIBLE_PIXELS = 16
-SIMILAR_COLOUR_PROBABILITY = 0.2
-NOISE_STD = 6.0
+SIMILAR_COLOUR_PROBABILITY = 0.1
+NOISE_STD = 4.0
 
 _INFO = {"version": VERSION, "year": 2025, "contributor": "maskbench", "url": "", "date_created": "2025/01/01"}
 _LICENSES = [{"id": 1, "name": "CC0 1.0", "url": "https://creativecommons.org/publicdomain/zero/1.0/"}]
@@ -296,7 +296,8 @@ def _sample_crowd(rng: np.random.Generator, canvas: np.ndarray) -> _Shape:
     short = min(height, width)
     spread = 0.1 * short
     largest_radius = max(4.0, 0.035 * short)
-    centre = rng.uniform([spread + largest_radius] * 2, [width - spread - largest_radius, height - spread - largest_radius])
+    margin = spread + largest_radius
+    centre = rng.uniform([margin, margin], [width - margin, height - margin])
     pieces = []
     for _ in range(int(rng.integers(CROWD_BLOBS[0], CROWD_BLOBS[1] + 1))):
         radius = rng.uniform(3.0, largest_radius)
@@ -348,7 +349,8 @@ def _rasterise(name: str, centre: tuple[float, float], radius: float, angle: flo
 
 
 def _regular_polygon(sides: int, angle: float) -> list[tuple[float, float]]:
-    return [(math.cos(angle + 2 * math.pi * k / sides), math.sin(angle + 2 * math.pi * k / sides)) for k in range(sides)]
+    corners = angle + 2 * math.pi * np.arange(sides) / sides
+    return [(math.cos(a), math.sin(a)) for a in corners]
 
 
 def _sample_fill(rng: np.random.Generator, canvas: np.ndarray, mask: np.ndarray, centre: tuple[float, float],

@@ -1,10 +1,13 @@
 """The embedded default dataset: deterministic, COCO-valid, and containing every case the loader must handle."""
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from datamodules import synthetic
 from datamodules.synthetic import synthetic_root, write_synthetic_dataset
@@ -89,10 +92,11 @@ def test_all_coco_area_ranges_at_512(tmp_path):
     assert max(areas) >= 96 ** 2
 
 
-def test_cached_root_is_generated_once(tmp_path):
+def test_cached_root_is_generated_once(tmp_path, monkeypatch):
     root = synthetic_root(num_train=3, num_val=2, image_size=64, seed=1, cache_dir=str(tmp_path))
     assert root.parent == tmp_path and "n3-v2-s64-seed1" in root.name
     stamp = (root / "annotations" / "instances_train2017.json").stat().st_mtime_ns
+    monkeypatch.setattr(synthetic, "write_synthetic_dataset", lambda *a, **k: pytest.fail("regenerated"))
     assert synthetic_root(num_train=3, num_val=2, image_size=64, seed=1, cache_dir=str(tmp_path)) == root
     assert (root / "annotations" / "instances_train2017.json").stat().st_mtime_ns == stamp
 
@@ -116,3 +120,80 @@ def test_refuses_to_overwrite_a_non_empty_directory(tmp_path):
     (tmp_path / "taken" / "file").write_text("x")
     with pytest.raises(FileExistsError, match="taken"):
         write_synthetic_dataset(tmp_path / "taken", num_train=2, num_val=1, image_size=64)
+
+
+def test_images_are_rgb_pngs_of_the_recorded_size(dataset):
+    shapes = set()
+    for split in ("train", "val"):
+        records = json.loads((dataset / "annotations" / f"instances_{split}2017.json").read_text())["images"]
+        assert len(list((dataset / f"{split}2017").iterdir())) == len(records)
+        for record in records:
+            with Image.open(dataset / f"{split}2017" / record["file_name"]) as image:
+                assert image.mode == "RGB" and image.size == (record["width"], record["height"])
+            assert max(record["height"], record["width"]) == 96 and min(record["height"], record["width"]) >= 72
+            shapes.add(np.sign(record["height"] - record["width"]))
+    assert shapes == {-1, 0, 1} or shapes == {-1, 1}  # landscape and portrait: an H/W swap cannot go unnoticed
+
+
+def test_instance_counts_crowds_and_occlusion(dataset):
+    data = json.loads((dataset / "annotations" / "instances_train2017.json").read_text())
+    instances = Counter(a["image_id"] for a in data["annotations"] if not a["iscrowd"])
+    annotated = {a["image_id"] for a in data["annotations"]}
+    assert annotated == set(instances)  # a crowd region never comes without instances
+    assert all(1 <= count <= 6 for count in instances.values())
+    assert 0.05 <= 1 - len(annotated) / len(data["images"]) <= 0.10
+    sizes = {record["id"]: [record["height"], record["width"]] for record in data["images"]}
+    for crowd in (a for a in data["annotations"] if a["iscrowd"]):
+        assert crowd["segmentation"]["size"] == sizes[crowd["image_id"]]
+        assert sum(crowd["segmentation"]["counts"]) == np.prod(sizes[crowd["image_id"]])
+    # Unoccluded polygonal shapes are stored as polygons, so a polygonal class in RLE is an occluded visible part.
+    polygonal = {c["id"] for c in data["categories"] if c["supercategory"] == "polygon"}
+    assert any(a["category_id"] in polygonal and isinstance(a["segmentation"], dict) and not a["iscrowd"]
+               for a in data["annotations"])
+
+
+def test_ground_truth_as_detections_scores_perfect_ap(dataset, capsys):
+    ground_truth = _coco(dataset, "val")
+    detections = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0,
+                   "segmentation": ground_truth.annToRLE(a)}
+                  for a in ground_truth.dataset["annotations"] if not a["iscrowd"]]
+    for iou_type in ("bbox", "segm"):
+        evaluation = COCOeval(ground_truth, ground_truth.loadRes(detections), iou_type)
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+        assert evaluation.stats[0] == pytest.approx(1.0) and evaluation.stats[1] == pytest.approx(1.0)
+
+
+def test_a_racing_generation_uses_the_copy_that_won(tmp_path, monkeypatch):
+    """The other process renames its complete copy into place while this one is still generating."""
+    real_write_split = synthetic._write_split
+    final = tmp_path / f"synthetic-{synthetic.VERSION}-n3-v2-s64-seed1"
+    raced = []
+
+    def other_process_wins(root, split_index, *args):
+        if not raced:
+            raced.append(True)
+            write_synthetic_dataset(final, num_train=3, num_val=2, image_size=64, seed=1)
+        real_write_split(root, split_index, *args)
+
+    monkeypatch.setattr(synthetic, "_write_split", other_process_wins)
+    assert synthetic_root(num_train=3, num_val=2, image_size=64, seed=1, cache_dir=str(tmp_path)) == final
+    assert raced and list(tmp_path.iterdir()) == [final]  # the loser's staging directory is gone
+    assert all(path.is_file() for path in synthetic._annotation_files(final))
+
+
+def test_an_incomplete_cache_directory_is_reported_not_used(tmp_path):
+    final = tmp_path / f"synthetic-{synthetic.VERSION}-n3-v2-s64-seed1"
+    final.mkdir()
+    (final / "stray").write_text("x")
+    with pytest.raises(FileExistsError, match="not a complete synthetic dataset"):
+        synthetic_root(num_train=3, num_val=2, image_size=64, seed=1, cache_dir=str(tmp_path))
+
+
+@pytest.mark.parametrize("bad, name", [({"num_train": 0}, "num_train"), ({"num_val": 2.5}, "num_val"),
+                                       ({"image_size": 32}, "image_size"), ({"seed": -1}, "seed")])
+def test_rejects_bad_parameters(tmp_path, bad, name):
+    with pytest.raises(ValueError, match=name):
+        write_synthetic_dataset(tmp_path / "shapes", **{"num_train": 2, "num_val": 1, "image_size": 64, **bad})
+    assert list(tmp_path.iterdir()) == []
