@@ -25,15 +25,13 @@ COCO category id — the mapping `CocoDataModule` builds for COCO 2017 (sorted c
 """
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 
-import lightning
 import torch
 from torch import Tensor
 from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights
 
+from models.common.checkpoint import save_converted_checkpoint
 from models.mask_rcnn.model import MaskRCNN
 
 # MaskRCNN settings equal to torchvision's maskrcnn_resnet50_fpn defaults (with pretrained weights).
@@ -44,6 +42,7 @@ TORCHVISION_SETTINGS = dict(
     frozen_stages=2,
     norm="frozen_bn",
     fpn_channels=256,
+    head_norm="none",
     min_size=800,
     max_size=1333,
     anchor_sizes=[32, 64, 128, 256, 512],
@@ -126,21 +125,7 @@ def convert_torchvision_maskrcnn(in_path: str, out_path: str, num_classes: int |
             f"unused {unexpected}, wrong shape {wrong_shape}"
         )
     model.load_state_dict(mapped, strict=True)
-    checkpoint = {
-        "state_dict": model.state_dict(),
-        # The same two entries a checkpoint written under LightningCLI holds, so that `maskbench validate
-        # --ckpt_path` can read the model's class and arguments from it (and load_from_checkpoint still works).
-        "hyper_parameters": {
-            **dict(model.hparams),
-            "_class_path": "models.mask_rcnn.MaskRCNN",
-            "_instantiator": "lightning.pytorch.cli.instantiate_module",
-        },
-        "pytorch-lightning_version": lightning.__version__,
-        "epoch": 0,
-        "global_step": 0,
-    }
-    _save_atomically(checkpoint, out_path)
-    return out_path
+    return save_converted_checkpoint(model, out_path, "models.mask_rcnn.MaskRCNN")
 
 
 def _read_state_dict(path: str) -> dict[str, Tensor]:
@@ -181,15 +166,3 @@ def _map_key(key: str) -> str | None:
             return new + key[len(old):]
     return None
 
-
-def _save_atomically(checkpoint: dict, path: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".ckpt")
-    os.close(handle)
-    try:
-        torch.save(checkpoint, tmp_path)
-        os.replace(tmp_path, path)
-    except BaseException:
-        os.unlink(tmp_path)
-        raise

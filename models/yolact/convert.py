@@ -23,15 +23,13 @@ YOLACT++ (9 anchors, DCN backbones, mask-IoU head) and the DarkNet-53 backbone a
 """
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from typing import Any
 
-import lightning
 import torch
 from torch import Tensor
 
+from models.common.checkpoint import save_converted_checkpoint
 from models.yolact.model import RESNET_MEAN, RESNET_STD, YOLACT
 
 OFFICIAL_SCALES = [24, 48, 96, 192, 384]  # at 550 px
@@ -69,15 +67,7 @@ def convert_yolact_official(in_path: str, out_path: str, input_size: int = 550) 
     settings = official_settings(state, in_path, input_size)
     model = YOLACT(**settings)
     model.load_state_dict(map_state_dict(state, model.state_dict(), in_path), strict=True)
-    checkpoint = {
-        "state_dict": model.state_dict(),
-        "hyper_parameters": dict(model.hparams),
-        "pytorch-lightning_version": lightning.__version__,
-        "epoch": 0,
-        "global_step": 0,
-    }
-    _save_atomically(checkpoint, out_path)
-    return out_path
+    return save_converted_checkpoint(model, out_path, "models.yolact.YOLACT")
 
 
 def official_settings(state: dict[str, Tensor], path: str, input_size: int = 550) -> dict[str, Any]:
@@ -167,15 +157,3 @@ def _read_state_dict(path: str) -> dict[str, Tensor]:
         raise ValueError(f"{path}: expected a raw state dict of tensors (the official YOLACT format)")
     return state
 
-
-def _save_atomically(checkpoint: dict, path: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".ckpt")
-    os.close(handle)
-    try:
-        torch.save(checkpoint, tmp_path)
-        os.replace(tmp_path, path)
-    except BaseException:
-        os.unlink(tmp_path)
-        raise

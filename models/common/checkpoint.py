@@ -1,0 +1,42 @@
+"""Writing a converted model as a Lightning checkpoint — shared by every architecture's `convert.py`."""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import lightning
+import torch
+from lightning import LightningModule
+
+
+def save_converted_checkpoint(model: LightningModule, out_path: str, class_path: str) -> str:
+    """Save `model` (weights + hyper-parameters) as a checkpoint at `out_path`, atomically; returns `out_path`.
+
+    `class_path` is the model's public import path (e.g. "models.mask_rcnn.MaskRCNN"), as a config names it.
+
+    It holds the same two class entries that a checkpoint written under LightningCLI holds, so `maskbench validate
+    --ckpt_path` can read the model's class and arguments from it, and `Model.load_from_checkpoint` works too.
+    """
+    checkpoint = {
+        "state_dict": model.state_dict(),
+        "hyper_parameters": {
+            **dict(model.hparams),
+            "_class_path": class_path,
+            "_instantiator": "lightning.pytorch.cli.instantiate_module",
+        },
+        "pytorch-lightning_version": lightning.__version__,
+        "epoch": 0,
+        "global_step": 0,
+    }
+    directory = os.path.dirname(os.path.abspath(out_path))
+    os.makedirs(directory, exist_ok=True)
+    # Written next to the destination and renamed, so a killed conversion never leaves a truncated checkpoint.
+    handle, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".ckpt")
+    os.close(handle)
+    try:
+        torch.save(checkpoint, tmp_path)
+        os.replace(tmp_path, out_path)
+    except BaseException:
+        os.unlink(tmp_path)
+        raise
+    return out_path
