@@ -116,14 +116,12 @@ class MaskRCNN(InstanceSegmentationModule):
         **kwargs,
     ):
         super().__init__(num_classes=num_classes, **kwargs)
-        if num_classes < 1:
-            raise ValueError(f"MaskRCNN: num_classes must be >= 1, got {num_classes}")
+        if head_norm not in HEAD_NORMS:
+            raise ValueError(f"MaskRCNN: head_norm must be one of {tuple(HEAD_NORMS)}, got {head_norm!r}")
         if mask_resolution < 2 or mask_resolution % 2:
             raise ValueError(f"MaskRCNN: mask_resolution must be even (RoIs are pooled at half), got {mask_resolution}")
         self.transform = FixedSizeTransform(min_size, max_size, IMAGE_MEAN, IMAGE_STD)
         self.backbone = TimmBackbone(backbone, out_indices, pretrained, pretrained_path, frozen_stages, norm)
-        if head_norm not in HEAD_NORMS:
-            raise ValueError(f"MaskRCNN: head_norm must be one of {tuple(HEAD_NORMS)}, got {head_norm!r}")
         self.neck = FPN(
             self.backbone.channels, self.backbone.strides, fpn_channels, extra_levels="pool", norm=head_norm
         )
