@@ -121,3 +121,19 @@ def test_error_raised_in_a_dataloader_worker_stays_one_line():
         next(iter(DataLoader(Broken(), num_workers=1)))
     assert "\n" in str(caught.value)
     assert one_line_message(caught.value) == "/data/val2017/000000000001.jpg: image id 1 is unreadable (truncated file)"
+
+
+def test_convert_verb_writes_a_loadable_checkpoint(tmp_path, capsys):
+    """`maskbench convert torchvision-maskrcnn IN OUT` through the CLI's converter table."""
+    import torch
+    from torchvision.models.detection import maskrcnn_resnet50_fpn
+
+    from models.mask_rcnn import MaskRCNN
+
+    weights = tmp_path / "tv.pth"
+    torch.save(maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=3).state_dict(), weights)
+    out = tmp_path / "converted.ckpt"
+    assert main(["convert", "torchvision-maskrcnn", str(weights), str(out)]) == 0
+    assert str(out) in capsys.readouterr().out
+    model = MaskRCNN.load_from_checkpoint(str(out), map_location="cpu")
+    assert model.hparams.num_classes == 2  # torchvision's background class is not a maskbench label
