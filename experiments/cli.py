@@ -37,6 +37,11 @@ CONVERTERS = {
     "yolact-official": "models.yolact.convert:convert_yolact_official",
 }
 
+# Explicit table of verbs that live in their own module: verb -> module. The module defines
+# `configure_parser(parser)`, which adds its arguments and `parser.set_defaults(handler=...)`; the handler returns the
+# exit status. Modules keep heavy imports (torch, models) inside their handlers so building this parser stays cheap.
+VERB_MODULES: dict[str, str] = {}
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 QUICKSTART_DIR = Path(__file__).resolve().parent / "configs" / "quickstart"
 
@@ -219,6 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo = verbs.add_parser("demo", help="synthetic data -> check -> quickstart models trained and evaluated")
     demo.add_argument("--out", default="outputs/demo")
     demo.set_defaults(handler=_demo)
+
+    for verb, module_name in VERB_MODULES.items():
+        module = importlib.import_module(module_name)
+        summary = (module.__doc__ or "").strip().splitlines()[0] if module.__doc__ else None
+        module.configure_parser(verbs.add_parser(verb, help=summary, description=module.__doc__,
+                                                 formatter_class=argparse.RawDescriptionHelpFormatter))
     return parser
 
 
