@@ -447,7 +447,8 @@ class CocoDataModule(L.LightningDataModule):
 
     Paths: `root` in the COCO 2017 layout (`annotations/instances_{split}.json`, `{split}/`), or explicit
     `{train,val}_images` + `{train,val}_ann` per split (these win over `root`). With neither, the synthetic
-    COCO-format dataset (datamodules.synthetic, generated once and cached) is used.
+    COCO-format dataset (datamodules.synthetic, generated once and cached) is used; `synthetic_*` choose its size,
+seed and style ("simple", the default, or the harder "textured").
 
     `num_classes`, `class_names` and `label_to_cat_id` are readable right after construction (they read only the
     categories of the val annotation file, or train's if there is no val split), because LightningCLI links
@@ -477,6 +478,7 @@ class CocoDataModule(L.LightningDataModule):
         synthetic_num_val: int = 50,
         synthetic_image_size: int = 128,
         synthetic_seed: int = 0,
+        synthetic_style: str = "simple",
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -511,6 +513,7 @@ class CocoDataModule(L.LightningDataModule):
                 num_val=hp.synthetic_num_val,
                 image_size=hp.synthetic_image_size,
                 seed=hp.synthetic_seed,
+                style=hp.synthetic_style,
             )
         return self._synthetic_root
 

@@ -5,9 +5,13 @@
     out_dir/annotations/instances_train2017.json   out_dir/train2017/000000000001.png ...
     out_dir/annotations/instances_val2017.json     out_dir/val2017/000000000002.png ...
 
-Each image (long side `image_size`, short side 75-100 % of it, landscape or portrait) has a textured background
-(gradient, stripes or colour blotches, plus pixel noise) and 1-4 shapes of six classes with NON-contiguous
-category ids, random colours (some close to the background) and sizes from 24 px up to 60 % of the short side.
+Each image (long side `image_size`, short side 75-100 % of it, landscape or portrait) holds 1-4 shapes of six
+classes with NON-contiguous category ids, random colours and sizes from 24 px up to 60 % of the short side, on a
+background of one of two styles:
+- "simple" (the default): a dark two-colour gradient with light pixel noise and bright, saturated shapes — a task
+  a small detector learns from scratch in a few hundred CPU steps, so the quickstarts show real learning;
+- "textured": gradients, stripes or colour blotches of any colour, heavier noise, and one shape in ten coloured
+  close to the background under it — no colour marks "background"; a harder set for robustness checks.
 Later shapes are drawn over earlier ones; an annotation stores the VISIBLE part and a shape left almost fully
 hidden is dropped before it is drawn, so no visible pixel is unannotated. About 7.5 % of the images are empty and
 about 10 % also hold a crowd region (a cluster of small shapes of one class, iscrowd=1, uncompressed RLE).
@@ -19,6 +23,7 @@ else as compressed RLE. bbox and area are pycocotools' toBbox/area of the stored
 """
 from __future__ import annotations
 
+import colorsys
 import errno
 import json
 import math
@@ -33,7 +38,7 @@ from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
 # Part of the cache directory name: bump it whenever the generator's output changes, so no stale cache is reused.
-VERSION = "v2"
+VERSION = "v3"
 
 # Ids are non-contiguous on purpose, as in real COCO: code that mistakes a category id for a label fails here.
 CATEGORIES = (
@@ -56,15 +61,31 @@ CROWD_FRACTION = 0.10
 CROWD_BLOBS = (5, 10)
 MIN_VISIBLE_FRACTION = 0.25  # a shape with less of itself visible counts as almost fully occluded: dropped
 MIN_VISIBLE_PIXELS = 16
-SIMILAR_COLOUR_PROBABILITY = 0.1
-NOISE_STD = 4.0
+
+
+@dataclass(frozen=True)
+class Style:
+    """How images look. `textured` is what v2 drew (same random draws); `simple` is the v3 default."""
+
+    textured_background: bool  # gradients / stripes / blotches of any colour, else a dark gradient
+    similar_colour_probability: float  # chance that a shape's colour is close to the background under it
+    noise_std: float  # pixel noise, levels
+    max_shading: float  # linear shading across a shape, levels
+
+
+STYLES = {
+    "simple": Style(textured_background=False, similar_colour_probability=0.0, noise_std=2.0, max_shading=15.0),
+    "textured": Style(textured_background=True, similar_colour_probability=0.1, noise_std=4.0, max_shading=40.0),
+}
+DEFAULT_STYLE = "simple"
 
 _INFO = {"version": VERSION, "year": 2025, "contributor": "maskbench", "url": "", "date_created": "2025/01/01"}
 _LICENSES = [{"id": 1, "name": "CC0 1.0", "url": "https://creativecommons.org/publicdomain/zero/1.0/"}]
 
 
 def synthetic_root(
-    num_train: int = 200, num_val: int = 50, image_size: int = 128, seed: int = 0, cache_dir: str | None = None
+    num_train: int = 200, num_val: int = 50, image_size: int = 128, seed: int = 0, cache_dir: str | None = None,
+    style: str = DEFAULT_STYLE,
 ) -> Path:
     """The cached synthetic dataset for these parameters, generated on first use.
 
@@ -72,10 +93,11 @@ def synthetic_root(
     one win; the other discards its copy (identical, since generation is deterministic) and uses the winner's.
     """
     cache = Path(cache_dir or os.environ.get("MASKBENCH_CACHE") or Path.home() / ".cache" / "maskbench")
-    root = cache.expanduser() / f"synthetic-{VERSION}-n{num_train}-v{num_val}-s{image_size}-seed{seed}"
+    root = cache.expanduser() / f"synthetic-{VERSION}-{style}-n{num_train}-v{num_val}-s{image_size}-seed{seed}"
     if not root.exists():
         try:
-            write_synthetic_dataset(root, num_train=num_train, num_val=num_val, image_size=image_size, seed=seed)
+            write_synthetic_dataset(root, num_train=num_train, num_val=num_val, image_size=image_size, seed=seed,
+                                    style=style)
         except FileExistsError:
             pass  # another process renamed its complete copy into place first
     missing = [str(path) for path in _annotation_files(root) if not path.is_file()]
@@ -86,7 +108,8 @@ def synthetic_root(
 
 
 def write_synthetic_dataset(
-    out_dir: str | os.PathLike, num_train: int = 200, num_val: int = 50, image_size: int = 128, seed: int = 0
+    out_dir: str | os.PathLike, num_train: int = 200, num_val: int = 50, image_size: int = 128, seed: int = 0,
+    style: str = DEFAULT_STYLE,
 ) -> Path:
     """Writes the dataset to `out_dir` (which must not exist, or be empty) and returns its path.
 
@@ -97,6 +120,8 @@ def write_synthetic_dataset(
                              ("image_size", image_size, MIN_IMAGE_SIZE), ("seed", seed, 0)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ValueError(f"write_synthetic_dataset: {name} must be an integer >= {low}, got {value!r}")
+    if style not in STYLES:
+        raise ValueError(f"write_synthetic_dataset: style must be one of {sorted(STYLES)}, got {style!r}")
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise FileExistsError(f"{out_dir}: already exists and is not empty; remove it or choose another directory")
@@ -104,7 +129,7 @@ def write_synthetic_dataset(
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
         for split_index, (split, num_images) in enumerate(zip(SPLITS, (num_train, num_val))):
-            _write_split(staging, split_index, num_images, image_size, seed)
+            _write_split(staging, split_index, num_images, image_size, seed, style)
         os.chmod(staging, 0o755)  # mkdtemp makes it owner-only; a finished dataset is read like any other folder
         try:
             os.replace(staging, out_dir)
@@ -122,7 +147,7 @@ def _annotation_files(root: Path) -> list[Path]:
     return [root / "annotations" / f"instances_{split}2017.json" for split in SPLITS]
 
 
-def _write_split(root: Path, split_index: int, num_images: int, image_size: int, seed: int) -> None:
+def _write_split(root: Path, split_index: int, num_images: int, image_size: int, seed: int, style: str) -> None:
     """Renders one split's images and writes its annotation JSON.
 
     Every image draws from its own generator keyed by (seed, split, index), so image i is the same whatever the
@@ -144,7 +169,7 @@ def _write_split(root: Path, split_index: int, num_images: int, image_size: int,
         short = int(rng.integers(round(SHORT_SIDE_RANGE[0] * image_size), image_size + 1))
         height, width = (image_size, short) if rng.random() < 0.5 else (short, image_size)
         num_shapes = 0 if index in empty else int(rng.integers(INSTANCES_PER_IMAGE[0], INSTANCES_PER_IMAGE[1] + 1))
-        pixels, image_annotations = _render_image(rng, height, width, num_shapes, index in with_crowd)
+        pixels, image_annotations = _render_image(rng, height, width, num_shapes, index in with_crowd, STYLES[style])
         file_name = f"{image_id:012d}.png"
         Image.fromarray(pixels, "RGB").save(image_dir / file_name, format="PNG")
         images.append({"license": 1, "file_name": file_name, "height": height, "width": width,
@@ -152,8 +177,8 @@ def _write_split(root: Path, split_index: int, num_images: int, image_size: int,
         for annotation in image_annotations:
             annotations.append({**annotation, "image_id": image_id, "id": 2 * len(annotations) + 1 + split_index})
 
-    info = {"description": f"maskbench synthetic shapes {VERSION}: {split} split, image_size={image_size}, "
-                           f"seed={seed}", **_INFO}
+    info = {"description": f"maskbench synthetic shapes {VERSION} ({style}): {split} split, "
+                           f"image_size={image_size}, seed={seed}", **_INFO}
     document = {"info": info, "licenses": _LICENSES, "images": images, "annotations": annotations,
                 "categories": list(CATEGORIES)}
     (root / "annotations").mkdir(exist_ok=True)
@@ -188,11 +213,12 @@ class _Shape:
         return np.logical_or.reduce([piece.mask for piece in self.pieces])
 
 
-def _render_image(rng: np.random.Generator, height: int, width: int, num_shapes: int, with_crowd: bool):
+def _render_image(rng: np.random.Generator, height: int, width: int, num_shapes: int, with_crowd: bool,
+                  style: Style):
     """Returns the image, uint8 [H, W, 3], and its annotations (without ids), bottom layer first."""
-    canvas = _background(rng, height, width)
-    crowd = _sample_crowd(rng, canvas) if with_crowd and num_shapes else None
-    shapes = [_sample_instance(rng, canvas) for _ in range(num_shapes)]
+    canvas = _background(rng, height, width) if style.textured_background else _dark_gradient(rng, height, width)
+    crowd = _sample_crowd(rng, canvas, style) if with_crowd and num_shapes else None
+    shapes = [_sample_instance(rng, canvas, style) for _ in range(num_shapes)]
 
     # Top-down: a shape's visible part is what no KEPT shape above it covers; the crowd lies under everything.
     kept, visible = [], []
@@ -214,7 +240,7 @@ def _render_image(rng: np.random.Generator, height: int, width: int, num_shapes:
     for shape in kept:
         for piece in shape.pieces:
             _paint(canvas, piece)
-    canvas += rng.normal(0.0, NOISE_STD, size=canvas.shape).astype(np.float32)
+    canvas += rng.normal(0.0, style.noise_std, size=canvas.shape).astype(np.float32)
     pixels = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
     return pixels, [_annotation(shape, shown) for shape, shown in zip(kept, visible)]
 
@@ -278,7 +304,17 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     return colours[0] + blend[..., None] * (colours[1] - colours[0])
 
 
-def _sample_instance(rng: np.random.Generator, canvas: np.ndarray) -> _Shape:
+def _dark_gradient(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """The simple style's background, float32 [H, W, 3]: two dark colours (every channel <= 90) blended linearly."""
+    colours = rng.uniform(0, 90, size=(2, 3)).astype(np.float32)
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    angle = rng.uniform(0, 2 * math.pi)
+    along = xs * math.cos(angle) + ys * math.sin(angle)
+    blend = (along - along.min()) / max(float(np.ptp(along)), 1.0)
+    return colours[0] + blend[..., None] * (colours[1] - colours[0])
+
+
+def _sample_instance(rng: np.random.Generator, canvas: np.ndarray, style: Style) -> _Shape:
     height, width = canvas.shape[:2]
     category = CATEGORIES[int(rng.integers(len(CATEGORIES)))]
     # Log-uniform diameter: as many small as large objects in relative terms, as in natural images.
@@ -286,10 +322,10 @@ def _sample_instance(rng: np.random.Generator, canvas: np.ndarray) -> _Shape:
     radius = math.exp(rng.uniform(math.log(MIN_SHAPE_DIAMETER), math.log(largest))) / 2
     centre = (rng.uniform(radius, width - radius), rng.uniform(radius, height - radius))
     mask, polygons = _rasterise(category["name"], centre, radius, rng.uniform(0, 2 * math.pi), rng, height, width)
-    return _Shape(category["id"], [_sample_fill(rng, canvas, mask, centre, radius)], polygons)
+    return _Shape(category["id"], [_sample_fill(rng, canvas, mask, centre, radius, style)], polygons)
 
 
-def _sample_crowd(rng: np.random.Generator, canvas: np.ndarray) -> _Shape:
+def _sample_crowd(rng: np.random.Generator, canvas: np.ndarray, style: Style) -> _Shape:
     """A cluster of small shapes of one class, each its own colour: one iscrowd=1 region."""
     height, width = canvas.shape[:2]
     category = CATEGORIES[int(rng.integers(len(CATEGORIES)))]
@@ -304,7 +340,7 @@ def _sample_crowd(rng: np.random.Generator, canvas: np.ndarray) -> _Shape:
         blob_centre = np.clip(centre + rng.normal(0.0, spread / 2, size=2), radius, [width - radius, height - radius])
         blob_centre = (float(blob_centre[0]), float(blob_centre[1]))
         mask, _ = _rasterise(category["name"], blob_centre, radius, rng.uniform(0, 2 * math.pi), rng, height, width)
-        pieces.append(_sample_fill(rng, canvas, mask, blob_centre, radius))
+        pieces.append(_sample_fill(rng, canvas, mask, blob_centre, radius, style))
     return _Shape(category["id"], pieces, None, iscrowd=1)
 
 
@@ -354,17 +390,21 @@ def _regular_polygon(sides: int, angle: float) -> list[tuple[float, float]]:
 
 
 def _sample_fill(rng: np.random.Generator, canvas: np.ndarray, mask: np.ndarray, centre: tuple[float, float],
-                 radius: float) -> _Piece:
-    """A colour (sometimes only ~35-60 levels per channel away from the background under it) and a shading of up
-    to +-40 levels across the shape."""
-    if rng.random() < SIMILAR_COLOUR_PROBABILITY and mask.any():
+                 radius: float, style: Style) -> _Piece:
+    """A colour and a linear shading of up to +-`style.max_shading` levels across the shape. Textured: any colour,
+    sometimes only ~35-60 levels per channel away from the background under it. Simple: bright and saturated (HSV
+    value >= 0.7, saturation >= 0.5), so the brightest channel stands >= 90 levels above the dark background."""
+    if not style.textured_background:
+        hue, saturation, value = rng.uniform(0, 1), rng.uniform(0.5, 1.0), rng.uniform(0.7, 1.0)
+        colour = 255.0 * np.asarray(colorsys.hsv_to_rgb(hue, saturation, value))
+    elif rng.random() < style.similar_colour_probability and mask.any():
         under = canvas[mask].mean(axis=0)
         away = np.where(under < 128, 1.0, -1.0)  # step towards the side with room, so clipping keeps the contrast
         colour = under + away * rng.uniform(35, 60, size=3)
     else:
         colour = rng.uniform(0, 255, size=3)
     direction = rng.uniform(0, 2 * math.pi)
-    gradient = rng.uniform(0, 40) / radius * np.array([math.cos(direction), math.sin(direction)])
+    gradient = rng.uniform(0, style.max_shading) / radius * np.array([math.cos(direction), math.sin(direction)])
     return _Piece(mask, colour.astype(np.float32), gradient.astype(np.float32), centre)
 
 
@@ -372,3 +412,4 @@ def _paint(canvas: np.ndarray, piece: _Piece) -> None:
     ys, xs = np.nonzero(piece.mask)
     shading = (xs - piece.centre[0]) * piece.gradient[0] + (ys - piece.centre[1]) * piece.gradient[1]
     canvas[ys, xs] = piece.colour + shading[:, None].astype(np.float32)
+

@@ -9,7 +9,7 @@ class name `--model MaskRCNN`); `data.num_classes` is read from the dataset and 
 
 The other verbs are plain argparse sub-commands:
 
-    maskbench data synth --out DIR [--num-train N --num-val M --image-size S --seed K]
+    maskbench data synth --out DIR [--num-train N --num-val M --image-size S --seed K --style simple|textured]
     maskbench data check --root DIR [--split train|val] [--strict] [--json]
     maskbench eval-json --ann ANN.json --results RESULTS.json [--json]
     maskbench convert FORMAT IN OUT
@@ -77,7 +77,8 @@ def _data_synth(args) -> int:
     from datamodules.synthetic import write_synthetic_dataset
 
     out = write_synthetic_dataset(
-        args.out, num_train=args.num_train, num_val=args.num_val, image_size=args.image_size, seed=args.seed
+        args.out, num_train=args.num_train, num_val=args.num_val, image_size=args.image_size, seed=args.seed,
+        style=args.style,
     )
     print(f"wrote synthetic COCO-format dataset to {out}")
     return 0
@@ -201,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--num-val", type=int, default=50)
     synth.add_argument("--image-size", type=int, default=128)
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--style", default="simple", choices=["simple", "textured"],
+                       help="simple: bright shapes on dark gradients (default); textured: the harder look")
     synth.set_defaults(handler=_data_synth)
     check = data_verbs.add_parser("check", help="load every record of a split through the dataset code")
     check.add_argument("--root", required=True, help="dataset root in the COCO 2017 layout")

@@ -168,7 +168,7 @@ def test_ground_truth_as_detections_scores_perfect_ap(dataset, capsys):
 def test_a_racing_generation_uses_the_copy_that_won(tmp_path, monkeypatch):
     """The other process renames its complete copy into place while this one is still generating."""
     real_write_split = synthetic._write_split
-    final = tmp_path / f"synthetic-{synthetic.VERSION}-n3-v2-s64-seed1"
+    final = tmp_path / f"synthetic-{synthetic.VERSION}-simple-n3-v2-s64-seed1"
     raced = []
 
     def other_process_wins(root, split_index, *args):
@@ -184,7 +184,7 @@ def test_a_racing_generation_uses_the_copy_that_won(tmp_path, monkeypatch):
 
 
 def test_an_incomplete_cache_directory_is_reported_not_used(tmp_path):
-    final = tmp_path / f"synthetic-{synthetic.VERSION}-n3-v2-s64-seed1"
+    final = tmp_path / f"synthetic-{synthetic.VERSION}-simple-n3-v2-s64-seed1"
     final.mkdir()
     (final / "stray").write_text("x")
     with pytest.raises(FileExistsError, match="not a complete synthetic dataset"):
@@ -192,8 +192,51 @@ def test_an_incomplete_cache_directory_is_reported_not_used(tmp_path):
 
 
 @pytest.mark.parametrize("bad, name", [({"num_train": 0}, "num_train"), ({"num_val": 2.5}, "num_val"),
-                                       ({"image_size": 32}, "image_size"), ({"seed": -1}, "seed")])
+                                       ({"image_size": 32}, "image_size"), ({"seed": -1}, "seed"),
+                                       ({"style": "noisy"}, "style")])
 def test_rejects_bad_parameters(tmp_path, bad, name):
     with pytest.raises(ValueError, match=name):
         write_synthetic_dataset(tmp_path / "shapes", **{"num_train": 2, "num_val": 1, "image_size": 64, **bad})
     assert list(tmp_path.iterdir()) == []
+
+
+def _pixels_by_role(root: Path, split: str = "train"):
+    """(background pixels, pixels of non-crowd objects), each [N, 3] uint8, over the split's images."""
+    coco = _coco(root, split)
+    background, objects = [], []
+    for image_id in coco.getImgIds():
+        info = coco.loadImgs(image_id)[0]
+        pixels = np.asarray(Image.open(root / f"{split}2017" / info["file_name"]).convert("RGB"))
+        covered = np.zeros(pixels.shape[:2], dtype=bool)
+        for annotation in coco.loadAnns(coco.getAnnIds(imgIds=image_id)):
+            mask = coco.annToMask(annotation).astype(bool)
+            covered |= mask
+            if not annotation["iscrowd"]:
+                objects.append(pixels[mask])
+        background.append(pixels[~covered])
+    return np.concatenate(background), np.concatenate(objects)
+
+
+def test_simple_style_is_bright_shapes_on_a_dark_background(dataset):
+    """The default: every background channel <= 90 plus noise, every object's brightest channel >= 0.7 * 255
+    minus shading and noise — the contrast that lets the quickstarts learn from scratch in 150 CPU steps."""
+    background, objects = _pixels_by_role(dataset)
+    assert np.percentile(background.max(axis=1), 99.9) <= 90 + 8
+    assert np.percentile(objects.max(axis=1), 0.1) >= 0.7 * 255 - 15 - 8
+
+
+def test_textured_style_has_backgrounds_as_bright_as_objects(tmp_path):
+    root = write_synthetic_dataset(tmp_path / "textured", num_train=20, num_val=1, image_size=64, seed=3,
+                                   style="textured")
+    background, objects = _pixels_by_role(root)
+    assert (background.max(axis=1) > 200).mean() > 0.05  # bright backgrounds exist
+    assert (objects.max(axis=1) < 100).mean() > 0.02  # and dark objects
+    assert _files(root) != _files(write_synthetic_dataset(tmp_path / "simple", num_train=20, num_val=1,
+                                                          image_size=64, seed=3))
+
+
+def test_cache_directory_names_the_style(tmp_path):
+    simple = synthetic_root(num_train=2, num_val=1, image_size=64, cache_dir=str(tmp_path))
+    textured = synthetic_root(num_train=2, num_val=1, image_size=64, cache_dir=str(tmp_path), style="textured")
+    assert simple.name == f"synthetic-{synthetic.VERSION}-simple-n2-v1-s64-seed0"
+    assert textured.name == f"synthetic-{synthetic.VERSION}-textured-n2-v1-s64-seed0"
