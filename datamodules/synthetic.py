@@ -5,13 +5,13 @@
     out_dir/annotations/instances_train2017.json   out_dir/train2017/000000000001.png ...
     out_dir/annotations/instances_val2017.json     out_dir/val2017/000000000002.png ...
 
-Each image (long side `image_size`, short side 75-100 % of it, landscape or portrait) holds 1-4 shapes of six
-classes with NON-contiguous category ids, random colours and sizes from 24 px up to 60 % of the short side, on a
-background of one of two styles:
-- "simple" (the default): a dark two-colour gradient with light pixel noise and bright, saturated shapes — a task
-  a small detector learns from scratch in a few hundred CPU steps, so the quickstarts show real learning;
-- "textured": gradients, stripes or colour blotches of any colour, heavier noise, and one shape in ten coloured
-  close to the background under it — no colour marks "background"; a harder set for robustness checks.
+Each image (long side `image_size`, short side 75-100 % of it, landscape or portrait) holds shapes of six
+classes with NON-contiguous category ids, random colours and sizes up to 60 % of the short side, in one of two
+styles:
+- "simple" (the default): 1-3 bright, saturated shapes of >= 32 px on a dark two-colour gradient with light pixel
+  noise — a task small detectors learn from scratch in 150 CPU steps, so the quickstarts show real learning;
+- "textured": 1-4 shapes of >= 24 px on gradients, stripes or colour blotches of any colour, heavier noise, and one
+  shape in ten coloured close to the background under it — no colour marks "background"; the harder set.
 Later shapes are drawn over earlier ones; an annotation stores the VISIBLE part and a shape left almost fully
 hidden is dropped before it is drawn, so no visible pixel is unannotated. About 7.5 % of the images are empty and
 about 10 % also hold a crowd region (a cluster of small shapes of one class, iscrowd=1, uncompressed RLE).
@@ -38,7 +38,7 @@ from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
 # Part of the cache directory name: bump it whenever the generator's output changes, so no stale cache is reused.
-VERSION = "v3"
+VERSION = "v4"
 
 # Ids are non-contiguous on purpose, as in real COCO: code that mistakes a category id for a label fails here.
 CATEGORIES = (
@@ -53,9 +53,7 @@ SPLITS = ("train", "val")
 
 MIN_IMAGE_SIZE = 64
 SHORT_SIDE_RANGE = (0.75, 1.0)  # short side as a fraction of image_size (the long side)
-MIN_SHAPE_DIAMETER = 24.0  # px, diameter of the shape's circumscribed circle
 MAX_SHAPE_FRACTION = 0.6  # largest diameter as a fraction of the short side
-INSTANCES_PER_IMAGE = (1, 4)
 EMPTY_FRACTION = 0.075
 CROWD_FRACTION = 0.10
 CROWD_BLOBS = (5, 10)
@@ -65,17 +63,22 @@ MIN_VISIBLE_PIXELS = 16
 
 @dataclass(frozen=True)
 class Style:
-    """How images look. `textured` is what v2 drew (same random draws); `simple` is the v3 default."""
+    """How images look. `textured` is what v2 drew (same random draws); `simple` is the default since v3 (v4: larger
+    and fewer shapes)."""
 
     textured_background: bool  # gradients / stripes / blotches of any colour, else a dark gradient
     similar_colour_probability: float  # chance that a shape's colour is close to the background under it
     noise_std: float  # pixel noise, levels
     max_shading: float  # linear shading across a shape, levels
+    min_shape_diameter: float  # px, diameter of the shape's circumscribed circle
+    max_instances: int  # an image holds 1..max_instances shapes (unless empty)
 
 
 STYLES = {
-    "simple": Style(textured_background=False, similar_colour_probability=0.0, noise_std=2.0, max_shading=15.0),
-    "textured": Style(textured_background=True, similar_colour_probability=0.1, noise_std=4.0, max_shading=40.0),
+    "simple": Style(textured_background=False, similar_colour_probability=0.0, noise_std=2.0, max_shading=15.0,
+                    min_shape_diameter=32.0, max_instances=3),
+    "textured": Style(textured_background=True, similar_colour_probability=0.1, noise_std=4.0, max_shading=40.0,
+                      min_shape_diameter=24.0, max_instances=4),
 }
 DEFAULT_STYLE = "simple"
 
@@ -168,7 +171,7 @@ def _write_split(root: Path, split_index: int, num_images: int, image_size: int,
         image_id = 2 * index + 1 + split_index
         short = int(rng.integers(round(SHORT_SIDE_RANGE[0] * image_size), image_size + 1))
         height, width = (image_size, short) if rng.random() < 0.5 else (short, image_size)
-        num_shapes = 0 if index in empty else int(rng.integers(INSTANCES_PER_IMAGE[0], INSTANCES_PER_IMAGE[1] + 1))
+        num_shapes = 0 if index in empty else int(rng.integers(1, STYLES[style].max_instances + 1))
         pixels, image_annotations = _render_image(rng, height, width, num_shapes, index in with_crowd, STYLES[style])
         file_name = f"{image_id:012d}.png"
         Image.fromarray(pixels, "RGB").save(image_dir / file_name, format="PNG")
@@ -319,7 +322,8 @@ def _sample_instance(rng: np.random.Generator, canvas: np.ndarray, style: Style)
     category = CATEGORIES[int(rng.integers(len(CATEGORIES)))]
     # Log-uniform diameter: as many small as large objects in relative terms, as in natural images.
     largest = MAX_SHAPE_FRACTION * min(height, width)
-    radius = math.exp(rng.uniform(math.log(MIN_SHAPE_DIAMETER), math.log(largest))) / 2
+    smallest = min(style.min_shape_diameter, largest)  # tiny images: every shape as large as allowed
+    radius = math.exp(rng.uniform(math.log(smallest), math.log(largest))) / 2
     centre = (rng.uniform(radius, width - radius), rng.uniform(radius, height - radius))
     mask, polygons = _rasterise(category["name"], centre, radius, rng.uniform(0, 2 * math.pi), rng, height, width)
     return _Shape(category["id"], [_sample_fill(rng, canvas, mask, centre, radius, style)], polygons)
