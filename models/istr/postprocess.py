@@ -1,0 +1,68 @@
+"""From ISTR's stage outputs to detections at each input image's own resolution (no NMS: a set prediction).
+
+1. scores = sigmoid(class logits) [N, C] of the last stage (official V1), or with `stage_average` the mean over
+   stages of the scores, boxes and mask embeddings (the seed article's description);
+2. the best `detections_per_img` (query, class) pairs over all N x C scores;
+3. only those queries' embeddings are decoded by the codec (the official code decodes all N and repeats them C
+   times before the top-k) and pasted into their boxes, scaled to the input image, at `mask_threshold`.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from models.common.masks import paste_masks
+from models.istr.head import StageOutput
+
+
+class ISTRPostProcess:
+    """Args: detections_per_img, mask_threshold, stage_average.
+
+    `__call__(stages, codec, resized_sizes [(H', W')], input_sizes [(H, W)]) -> list[dict(boxes [K,4],
+    scores [K], labels [K], masks bool [K, H, W])]`, sorted by decreasing score.
+    """
+
+    def __init__(self, detections_per_img: int = 100, mask_threshold: float = 0.5, stage_average: bool = False):
+        if detections_per_img < 1:
+            raise ValueError(f"ISTRPostProcess: detections_per_img must be >= 1, got {detections_per_img}")
+        self.detections_per_img = detections_per_img
+        self.mask_threshold = mask_threshold
+        self.stage_average = stage_average
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        stages: list[StageOutput],
+        codec,
+        resized_sizes: list[tuple[int, int]],
+        input_sizes: list[tuple[int, int]],
+    ) -> list[dict[str, Tensor]]:
+        if self.stage_average:
+            scores = torch.stack([s.class_logits.float().sigmoid() for s in stages]).mean(0)
+            boxes = torch.stack([s.boxes.float() for s in stages]).mean(0)
+            embeddings = torch.stack([s.mask_embeddings.float() for s in stages]).mean(0)
+        else:
+            last = stages[-1]
+            scores, boxes, embeddings = last.class_logits.float().sigmoid(), last.boxes.float(), last.mask_embeddings
+        return [
+            self.detect(scores[i], boxes[i], embeddings[i], codec, resized_sizes[i], input_sizes[i])
+            for i in range(len(input_sizes))
+        ]
+
+    def detect(self, scores: Tensor, boxes: Tensor, embeddings: Tensor, codec, resized_size: tuple[int, int],
+               input_size: tuple[int, int]) -> dict[str, Tensor]:
+        """One image: scores [N, C], boxes [N, 4] (resized frame), embeddings [N, K] -> its detections."""
+        num_classes = scores.shape[1]
+        top_scores, flat_index = scores.flatten().topk(min(self.detections_per_img, scores.numel()))
+        query = flat_index // num_classes
+        labels = flat_index % num_classes
+        height, width = input_size
+        scale = boxes.new_tensor([width / resized_size[1], height / resized_size[0]] * 2)
+        kept_boxes = boxes[query] * scale
+        kept_boxes[:, 0::2] = kept_boxes[:, 0::2].clamp(0, width)
+        kept_boxes[:, 1::2] = kept_boxes[:, 1::2].clamp(0, height)
+        # Decoded only for the kept queries; a query kept under two classes is decoded twice (at most
+        # detections_per_img decodes either way).
+        probs = codec.decode(embeddings[query].float())
+        masks = paste_masks(probs, kept_boxes, input_size, threshold=self.mask_threshold, aligned=True)
+        return {"boxes": kept_boxes, "scores": top_scores, "labels": labels, "masks": masks}
