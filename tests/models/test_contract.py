@@ -34,6 +34,23 @@ TINY_CONFIGS = {
         mask_head_channels=16,
         mask_resolution=14,
     ),
+    "centermask": dict(
+        backbone="resnet18",
+        ese_every_block=False,
+        norm="bn",
+        fpn_channels=32,
+        min_size=64,
+        max_size=96,
+        fcos_num_convs=1,
+        sizes_of_interest=[16, 32, 64, 128],
+        score_thresh=0.0,
+        post_nms_top_n_train=20,
+        post_nms_top_n_test=10,
+        mask_head_convs=1,
+        mask_head_channels=16,
+        maskiou_convs=1,
+        maskiou_channels=16,
+    ),
     "yolact": dict(
         backbone="resnet18",
         fpn_channels=16,
@@ -43,6 +60,12 @@ TINY_CONFIGS = {
         input_size=64,
         anchor_scales=[8, 16, 32, 64, 128],
         detections_per_img=20,
+    ),
+    # The data-free DCT codec: a fresh PCA codec needs a fit on data first (tests/models/test_istr.py covers it).
+    "istr": dict(
+        backbone="resnet18", norm="bn", frozen_stages=0, fpn_channels=32, min_size=64, max_size=96, num_queries=10,
+        num_stages=2, num_heads=4, dim_feedforward=64, dynamic_dim=8, codec="dct", codec_components=16,
+        codec_mask_size=14, detections_per_img=10,
     ),
 }
 
