@@ -1,9 +1,14 @@
 """Exact COCO evaluation (bbox and segm): a torchmetrics Metric for training loops and a function for results files.
 
-Both paths hand the numbers to pycocotools' COCOeval (or, on request, faster-coco-eval: faster, but 1 ulp off in
-some precisions, see AUTO_BACKEND) on the dataset's OWN annotation file, so crowd regions, original areas and
-original resolutions count exactly as in the COCO protocol. Nothing of the matching or accumulation is
-re-implemented here; this file only shapes detections into COCO results records.
+Both paths score the detections against the dataset's OWN annotation file, so crowd regions, original areas and
+original resolutions count exactly as in the COCO protocol, with one of three engines (`backend`):
+  * "faster_coco_eval_exact" (the default, "auto"): faster-coco-eval's C++ matching and accumulation, with the one
+    place where its accumulation rounds differently from pycocotools put back (see `_pycocotools_precision`), and
+    pycocotools' own summarize: pycocotools' numbers to the last digit, at faster-coco-eval's speed;
+  * "pycocotools": the reference, pycocotools' COCOeval in pure Python (slow on large val sets);
+  * "faster_coco_eval": faster-coco-eval as it is (1 ulp off pycocotools in some precisions).
+Nothing of the matching or accumulation is re-implemented here; this file shapes detections into COCO results
+records and hands them to those engines.
 
 Conventions worth knowing:
   * segm results are evaluated WITHOUT their "bbox" field, so a detection's small/medium/large range comes from its
@@ -17,6 +22,7 @@ Conventions worth knowing:
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import io
 import json
@@ -35,13 +41,15 @@ from torchmetrics.utilities.data import dim_zero_cat
 from datamodules.coco import DatasetError
 
 IOU_TYPES = ("bbox", "segm")
-BACKENDS = ("auto", "pycocotools", "faster_coco_eval")
+BACKENDS = ("auto", "pycocotools", "faster_coco_eval", "faster_coco_eval_exact")
+# The engines whose numbers equal pycocotools' to the last digit.
+EXACT_BACKENDS = ("pycocotools", "faster_coco_eval_exact")
 # The 12 numbers of COCOeval.stats, in its order.
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
-# "auto" must be exact. faster-coco-eval 1.8 gives the same IoUs, recalls and scores as pycocotools on the tests'
-# fixture, but its C++ accumulate computes some precision entries 1 ulp apart (segm APm 0.5051469432657553 vs
-# pycocotools' ...552), so the reference engine stays the default; faster-coco-eval is opt-in (within 1e-12).
-AUTO_BACKEND = "pycocotools"
+# "auto" must be exact. faster-coco-eval 1.8 alone gives the same IoUs, matches, recalls and scores as pycocotools,
+# but its C++ accumulate rounds some precision entries 1 ulp apart (segm APm 0.5051469432657553 vs pycocotools'
+# ...552); "faster_coco_eval_exact" puts pycocotools' rounding back and is ~3x faster than pycocotools.
+AUTO_BACKEND = "faster_coco_eval_exact"
 
 
 def resolve_backend(backend: str) -> str:
@@ -114,19 +122,48 @@ def clear_ground_truth_cache() -> None:
 
 
 def _results_object(coco_gt, records: list[dict], backend: str):
-    """COCO results object. `loadRes` cannot take an empty list (it reads records[0]), yet "no detections at all"
-    is a legitimate outcome (an untrained model) that must score 0, so that case is built directly."""
-    if records:
+    """COCO results object of bbox-only or segm-only records (what this module builds).
+
+    pycocotools: its own `loadRes`. faster-coco-eval: the same object as its `loadRes` builds (same annotation
+    fields, types and ids, in the same order), but with the mask areas and boxes of all records computed in one
+    call each instead of one call per record, which made loadRes the slowest step of an evaluation.
+    `loadRes` cannot take an empty list (it reads records[0]), yet "no detections at all" is a legitimate outcome
+    (an untrained model) that must score 0, so that case is built directly."""
+    if records and backend == "pycocotools":
         return coco_gt.loadRes(records)
     coco_cls, _ = _engine(backend)
-    empty = coco_cls()
-    empty.dataset = {
+    results = coco_cls()
+    results.dataset = {
         "images": list(coco_gt.dataset["images"]),
-        "categories": list(coco_gt.dataset["categories"]),
-        "annotations": [],
+        "categories": copy.deepcopy(coco_gt.dataset["categories"]),
+        "annotations": _faster_results_annotations(records),
     }
-    empty.createIndex()
-    return empty
+    results.createIndex()
+    return results
+
+
+def _faster_results_annotations(records: list[dict]) -> list[dict]:
+    """The annotations faster-coco-eval's `loadRes` makes of `records` (fresh dicts; the records are not touched)."""
+    if not records:
+        return []
+    if "bbox" in records[0]:
+        annotations = []
+        for index, record in enumerate(records):
+            x, y, w, h = record["bbox"]
+            annotations.append({
+                **record, "segmentation": [[x, y, x, y + h, x + w, y + h, x + w, y]], "area": w * h,
+                "id": index + 1, "iscrowd": 0,
+            })
+        return annotations
+    from faster_coco_eval.core import mask as faster_mask
+
+    segmentations = [record["segmentation"] for record in records]
+    areas = faster_mask.area(segmentations)  # uint64 [N], as loadRes's per-record area(...) values
+    boxes = faster_mask.toBbox(segmentations)  # float64 [N, 4], as loadRes's per-record toBbox(...) rows
+    return [
+        {**record, "area": area, "bbox": box, "id": index + 1, "iscrowd": 0}
+        for index, (record, area, box) in enumerate(zip(records, areas, boxes))
+    ]
 
 
 def _run_cocoeval(
@@ -139,6 +176,10 @@ def _run_cocoeval(
     with quiet:
         for iou_type, records in records_by_type.items():
             coco_dt = _results_object(coco_gt, records, backend)
+            if backend == "faster_coco_eval_exact":
+                stats = exact_faster_cocoeval(coco_gt, coco_dt, iou_type, image_ids).stats
+                metrics[iou_type] = {name: float(value) for name, value in zip(STAT_NAMES, stats[:12])}
+                continue
             evaluator = cocoeval_cls(coco_gt, coco_dt, iou_type)
             if verbose and backend == "faster_coco_eval":
                 evaluator.print_function = print
@@ -149,6 +190,127 @@ def _run_cocoeval(
             evaluator.summarize()
             metrics[iou_type] = {name: float(value) for name, value in zip(STAT_NAMES, evaluator.stats[:12])}
     return metrics
+
+
+# ------------------------------------------------------------------------- faster-coco-eval, pycocotools' numbers
+
+# pycocotools' precision of a ranked detection list after one detection that is a true positive: 1 / (1 + eps).
+_FIRST_HIT_PRECISION = 1.0 / (1.0 + np.spacing(1))
+
+
+def exact_faster_cocoeval(coco_gt, coco_dt, iou_type: str, image_ids: list[int] | None = None):
+    """A pycocotools COCOeval holding pycocotools' `eval` arrays and `stats`, computed by faster-coco-eval's C++.
+
+    `coco_gt`, `coco_dt`: faster-coco-eval COCO objects; `image_ids` None evaluates every image. The C++ per-image
+    matching, recalls and score thresholds equal pycocotools' (the tests compare every array); the precision array
+    differs in one rounding only, put back as `_pycocotools_precision` explains; `stats` then comes from
+    pycocotools' own `summarize` on those arrays (it prints the usual table to stdout).
+    """
+    from faster_coco_eval import COCOeval_faster
+    from faster_coco_eval import faster_eval_api_cpp
+    from pycocotools.cocoeval import COCOeval
+
+    # One thread: its IoU thread pool costs more than it saves on the few-dozen-detection images of COCO.
+    fast = COCOeval_faster(coco_gt, coco_dt, iou_type, separate_eval=True, rle_iou_max_workers=1)
+    if image_ids is not None:
+        fast.params.imgIds = list(image_ids)
+    fast.evaluate()  # per-image matching (C++); accumulate runs below, once, at every recall threshold needed
+    params = fast._paramsEval  # the settings evaluate() ran with (image ids de-duplicated and sorted)
+    npig = _non_ignored_ground_truth(coco_gt, params)  # [K, A]
+    # The recall thresholds: COCO's 101 and the probes of `_pycocotools_precision`, 1.5 / npig. The precision and
+    # score at a threshold depend on that threshold only, so one accumulation serves both.
+    probe_of = {int(n): 1.5 / int(n) for n in np.unique(npig[npig > 0])}
+    thresholds = np.unique(np.concatenate([params.recThrs, list(probe_of.values())]))
+    column = {float(value): index for index, value in enumerate(thresholds)}
+    accumulate_params = copy.deepcopy(params)
+    accumulate_params.recThrs = thresholds
+    accumulated = faster_eval_api_cpp.COCOevalAccumulate(accumulate_params, fast._evalImgs_cpp)
+    coco_columns = [column[float(value)] for value in params.recThrs]
+    probe_columns = {n: column[value] for n, value in probe_of.items()}
+
+    summary = COCOeval(iouType=iou_type)  # no data: only its summarize() runs, on the arrays below
+    for name in ("imgIds", "catIds", "iouThrs", "recThrs", "maxDets", "areaRng", "areaRngLbl", "useCats"):
+        setattr(summary.params, name, getattr(params, name))
+    summary.eval = {
+        "params": summary.params,
+        "precision": _pycocotools_precision(accumulated["precision"], coco_columns, probe_columns, npig),
+        "recall": accumulated["recall"],
+        "scores": accumulated["scores"][:, coco_columns],
+    }
+    summary.summarize()
+    return summary
+
+
+def _pycocotools_precision(
+    precision: np.ndarray, coco_columns: list[int], probe_columns: dict[int, int], npig: np.ndarray
+) -> np.ndarray:
+    """pycocotools' precision [T, R, K, A, M] from faster-coco-eval's, accumulated at COCO's recall thresholds
+    (`coco_columns`) and at the probe thresholds 1.5 / n (`probe_columns[n]`); `npig` [K, A] as below.
+
+    pycocotools computes the precision after the j-th ranked detection of a (IoU threshold, category, area range,
+    max detections) slice as tp / (tp + fp + eps), eps = np.spacing(1); faster-coco-eval as tp / (tp + fp). For
+    tp + fp >= 2 the eps is lost in rounding (n + eps == n in float64), so the two agree everywhere except after
+    exactly one counted detection, a true positive: pycocotools 1 / (1 + eps) = 0.9999999999999998, C++ 1.0.
+    After the right-to-left maximum that interpolates precision, an entry the C++ gives as 1.0 is therefore
+    pycocotools' 1.0 if the slice's ranking reaches a second true positive before its first false positive (2/2
+    is exactly 1.0, and it dominates every entry up to there) and 1 / (1 + eps) otherwise. Whether it does is read
+    at recall 1.5 / npig (npig: the slice's non-ignored ground truths), between the first and the second true
+    positive's recall: the interpolated precision there is 1.0 exactly when no false positive came before the
+    second true positive.
+    """
+    result = precision[:, coco_columns].copy()
+    for k, a in zip(*np.nonzero(npig)):
+        second_hit_first = precision[:, probe_columns[int(npig[k, a])], k, a, :] == 1.0  # [T, M]
+        entries = result[:, :, k, a, :]  # [T, R, M], a view
+        entries[(entries == 1.0) & ~second_hit_first[:, None, :]] = _FIRST_HIT_PRECISION
+    return result
+
+
+def _non_ignored_ground_truth(coco_gt, params) -> np.ndarray:
+    """[K, A] count of ground truths pycocotools does not ignore per category and area range of the evaluated
+    images: not crowd, area within the range (bounds included)."""
+    images = set(int(i) for i in params.imgIds)
+    categories = {int(c): k for k, c in enumerate(params.catIds)}
+    counts = np.zeros((len(categories), len(params.areaRng)), dtype=np.int64)
+    for ann in coco_gt.anns.values():
+        k = categories.get(ann["category_id"])
+        if k is None or ann["image_id"] not in images or ann.get("iscrowd", 0):
+            continue
+        for a, (low, high) in enumerate(params.areaRng):
+            if low <= ann["area"] <= high:
+                counts[k, a] += 1
+    return counts
+
+
+def encode_masks(masks: np.ndarray) -> list[bytes]:
+    """uint8 [K,H,W] 0/1 masks (any memory layout) -> K COCO compressed-RLE counts strings, identical to
+    `pycocotools.mask.encode` of the same masks.
+
+    pycocotools encodes column-major masks ([H,W,K] Fortran order), and transposing a model's row-major masks
+    costs several times the encoding itself. So each mask is encoded over the strip of columns it occupies (full
+    height: a copy of that strip only), and the empty columns left and right of it are added to the strip's first
+    and last zero runs: the same runs, hence the same string, as encoding the whole mask. The strip's runs are read
+    back and the string re-made with faster-coco-eval's RLE conversions (C++).
+    """
+    from faster_coco_eval import mask_api_new_cpp as rle_api
+
+    count, height, width = masks.shape
+    columns = masks.max(axis=1)  # [K, W]: 1 where the column holds a pixel of the mask
+    occupied = np.flatnonzero(columns.any(axis=1)).tolist()
+    first = columns.argmax(axis=1).tolist()
+    end = (width - columns[:, ::-1].argmax(axis=1)).tolist()
+    strips = [mask_utils.encode(np.asfortranarray(masks[k, :, first[k]:end[k], None]))[0] for k in occupied]
+    uncompressed = [{"size": [height, width], "counts": [height * width]} for _ in range(count)]  # empty masks
+    for k, strip in zip(occupied, rle_api.toUncompressedRLE(strips) if strips else []):
+        runs = strip["counts"]  # alternating zero / one runs of the strip, column-major, starting with zeros
+        runs[0] += first[k] * height
+        right = (width - end[k]) * height
+        if right and len(runs) % 2:  # the strip ends with a zero run: extend it
+            runs[-1] += right
+        elif right:
+            runs.append(right)
+        uncompressed[k]["counts"] = runs
+    return [rle["counts"] for rle in rle_api.frUncompressedRLE(uncompressed)]
 
 
 class CocoEvaluator(Metric):
@@ -238,18 +400,16 @@ class CocoEvaluator(Metric):
 
     @staticmethod
     def _encode(masks: Tensor, count: int, image_id: int) -> list[bytes]:
-        """[K,H,W] bool/uint8 masks -> K compressed-RLE counts strings (bytes)."""
+        """[K,H,W] bool/uint8 masks -> K compressed-RLE counts strings (bytes), exactly pycocotools' encoding."""
         if masks.dim() != 3 or masks.shape[0] != count:
             raise ValueError(f"image_id {image_id}: masks must be [{count},H,W], got {tuple(masks.shape)}")
         if masks.is_floating_point():
             raise TypeError(f"image_id {image_id}: masks must be bool or 0/1 integers (threshold soft masks first)")
         if count == 0:
             return []
-        # pycocotools wants [H,W,K] Fortran order, i.e. the bytes of a C-ordered [K,W,H]; the one transpose copy runs
-        # on the masks' device, and only one byte per pixel crosses to the host (bool -> uint8 is a free view).
         binary = masks if masks.dtype == torch.bool else masks != 0
-        fortran = binary.view(torch.uint8).transpose(1, 2).contiguous().cpu().numpy().transpose(2, 1, 0)
-        return [rle["counts"] for rle in mask_utils.encode(fortran)]
+        # one byte per pixel crosses to the host (bool -> uint8 is a free view)
+        return encode_masks(binary.view(torch.uint8).cpu().numpy())
 
     def compute(self) -> dict[str, dict[str, float]]:
         if len(self.image_ids) == 0:  # a list before the cross-process sync, a tensor after
@@ -265,14 +425,15 @@ class CocoEvaluator(Metric):
         """COCO results records per iou type from the (gathered) states, each image id's first occurrence only."""
         image_ids = dim_zero_cat(self.image_ids).cpu().tolist()
         image_sizes = dim_zero_cat(self.image_sizes).cpu().reshape(-1, 2).tolist()
-        det_offsets = np.concatenate([[0], np.cumsum(dim_zero_cat(self.num_detections).cpu().numpy())])
+        det_offsets = [0] + torch.cumsum(dim_zero_cat(self.num_detections).cpu(), 0).tolist()
         # float32 -> float64 is exact; xywh is then formed in float64, as from a results JSON of these numbers
         boxes = dim_zero_cat(self.boxes).cpu().double().reshape(-1, 4).tolist()
         scores = dim_zero_cat(self.scores).cpu().double().tolist()
         category_ids = [self.label_to_cat_id[label] for label in dim_zero_cat(self.labels).cpu().tolist()]
         if "segm" in self.iou_types:
-            rle_offsets = np.concatenate([[0], np.cumsum(dim_zero_cat(self.rle_lengths).cpu().numpy())])
-            rle_blob = dim_zero_cat(self.rle_bytes).cpu().numpy().tobytes()
+            rle_offsets = [0] + torch.cumsum(dim_zero_cat(self.rle_lengths).cpu(), 0).tolist()
+            # RLE strings are ASCII, so byte offsets are character offsets
+            rle_text = dim_zero_cat(self.rle_bytes).cpu().numpy().tobytes().decode("ascii")
 
         first_occurrence = {}
         for index, image_id in enumerate(image_ids):
@@ -288,14 +449,21 @@ class CocoEvaluator(Metric):
                     f"image_id {image_id}: prediction masks are {height}x{width} but {self.ann_file} says "
                     f"{image['height']}x{image['width']}; predictions must be at the original image resolution"
                 )
-            for det in range(det_offsets[index], det_offsets[index + 1]):
-                common = {"image_id": image_id, "category_id": category_ids[det], "score": scores[det]}
-                if "bbox" in self.iou_types:
-                    x1, y1, x2, y2 = boxes[det]
-                    records["bbox"].append(dict(common, bbox=[x1, y1, x2 - x1, y2 - y1]))
-                if "segm" in self.iou_types:
-                    counts = rle_blob[rle_offsets[det]:rle_offsets[det + 1]].decode("ascii")
-                    records["segm"].append(dict(common, segmentation={"size": [height, width], "counts": counts}))
+            detections = range(det_offsets[index], det_offsets[index + 1])
+            if "bbox" in self.iou_types:
+                records["bbox"] += [
+                    {"image_id": image_id, "category_id": category_ids[det], "score": scores[det],
+                     "bbox": [boxes[det][0], boxes[det][1], boxes[det][2] - boxes[det][0],
+                              boxes[det][3] - boxes[det][1]]}
+                    for det in detections
+                ]
+            if "segm" in self.iou_types:
+                records["segm"] += [
+                    {"image_id": image_id, "category_id": category_ids[det], "score": scores[det],
+                     "segmentation": {"size": [height, width],
+                                      "counts": rle_text[rle_offsets[det]:rle_offsets[det + 1]]}}
+                    for det in detections
+                ]
         return records, sorted(first_occurrence)
 
 

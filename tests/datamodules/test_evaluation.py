@@ -20,6 +20,7 @@ from pycocotools.cocoeval import COCOeval
 from datamodules.coco import DatasetError
 from datamodules.evaluation import (
     AUTO_BACKEND,
+    EXACT_BACKENDS,
     STAT_NAMES,
     CocoEvaluator,
     evaluate_results_file,
@@ -212,13 +213,13 @@ def assert_same_numbers(result, reference, backend):
     assert result.keys() == reference.keys()
     for iou_type, stats in reference.items():
         assert list(result[iou_type]) == list(STAT_NAMES)
-        if resolve_backend(backend) == "pycocotools":
+        if resolve_backend(backend) in EXACT_BACKENDS:
             assert result[iou_type] == stats, iou_type  # every one of the 12 numbers, to the last digit
         else:
             assert result[iou_type] == pytest.approx(stats, rel=0, abs=1e-12), iou_type
 
 
-@pytest.mark.parametrize("backend", ["auto", "pycocotools", "faster_coco_eval"])
+@pytest.mark.parametrize("backend", ["auto", "pycocotools", "faster_coco_eval", "faster_coco_eval_exact"])
 def test_metric_equals_pycocotools(coco_fixture, reference, backend, capsys):
     ann_file, preds, targets = coco_fixture
     result = _metric_result(ann_file, _batches(preds, targets), backend)
@@ -232,7 +233,7 @@ def test_uint8_masks_score_like_bool_masks(coco_fixture, reference):
     assert _metric_result(ann_file, [(as_uint8, targets)], "auto", iou_types=("segm",)) == {"segm": reference["segm"]}
 
 
-@pytest.mark.parametrize("backend", ["auto", "faster_coco_eval"])
+@pytest.mark.parametrize("backend", ["auto", "pycocotools", "faster_coco_eval"])
 def test_results_file_equals_pycocotools(coco_fixture, reference, backend, tmp_path):
     ann_file, preds, targets = coco_fixture
     results_file = tmp_path / "results.json"
@@ -286,7 +287,8 @@ def test_ground_truth_is_cached_and_reloaded_when_the_file_changes(tmp_path):
 
 
 def test_backend_resolution():
-    assert resolve_backend("auto") == AUTO_BACKEND == "pycocotools"  # the only engine exact to the last digit
+    # the default is exact to the last digit: pycocotools' numbers at faster-coco-eval's speed
+    assert resolve_backend("auto") == AUTO_BACKEND == "faster_coco_eval_exact" and AUTO_BACKEND in EXACT_BACKENDS
     assert resolve_backend("pycocotools") == "pycocotools"
     with pytest.raises(ValueError, match="backend"):
         resolve_backend("detectron2")
@@ -338,3 +340,64 @@ def test_metric_rejects_unknown_images_and_resized_predictions(coco_fixture):
         evaluator.compute()
     with pytest.raises(ValueError, match="labels must lie in"):
         CocoEvaluator(ann_file, CATEGORY_IDS[:2]).update(preds[:1], targets[:1])
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_exact_engine_reproduces_pycocotools_arrays(tmp_path, seed):
+    """faster_coco_eval_exact's precision / recall / scores arrays equal pycocotools' element by element, with tied
+    scores (seed 2) and on an image subset (seed 3), where faster-coco-eval alone differs in its first-hit
+    precisions (1.0 instead of pycocotools' 1 / (1 + eps))."""
+    from faster_coco_eval import COCO as FasterCOCO
+    from faster_coco_eval import COCOeval_faster
+
+    from datamodules.evaluation import exact_faster_cocoeval
+
+    ann_file, preds, targets = build_coco_fixture(str(tmp_path), num_images=25, seed=seed)
+    records = results_records(preds, targets)
+    if seed == 2:
+        for record in records:
+            record["score"] = round(record["score"] * 4) / 4
+    image_ids = sorted(t["image_id"] for t in targets)[3:19] if seed == 3 else None
+    for iou_type in ("bbox", "segm"):
+        typed = records if iou_type == "bbox" else [{k: v for k, v in r.items() if k != "bbox"} for r in records]
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco_gt = COCO(ann_file)
+            reference = COCOeval(coco_gt, coco_gt.loadRes(copy.deepcopy(typed)), iou_type)
+            if image_ids is not None:
+                reference.params.imgIds = image_ids
+            reference.evaluate()
+            reference.accumulate()
+            reference.summarize()
+            faster_gt = FasterCOCO(ann_file)
+            ours = exact_faster_cocoeval(faster_gt, faster_gt.loadRes(copy.deepcopy(typed)), iou_type, image_ids)
+            raw = COCOeval_faster(faster_gt, faster_gt.loadRes(copy.deepcopy(typed)), iou_type)
+            if image_ids is not None:
+                raw.params.imgIds = image_ids
+            raw.evaluate()
+            raw.accumulate()
+        assert (raw.eval["precision"] != reference.eval["precision"]).any()  # the rounding this engine restores
+        for key in ("precision", "recall", "scores"):
+            assert np.array_equal(ours.eval[key], reference.eval[key]), (iou_type, key)
+        assert ours.stats.tolist() == reference.stats.tolist()
+
+
+def test_mask_encoding_equals_pycocotools():
+    """encode_masks (column strips) gives pycocotools' strings for masks touching every border, empty and full
+    masks, gaps between columns, one-pixel images, and non-contiguous layouts."""
+    from datamodules.evaluation import encode_masks
+
+    rng = np.random.default_rng(0)
+    cases = [rng.random((6, 37, 53)) < 0.3, np.zeros((2, 20, 30), bool), np.ones((2, 20, 30), bool),
+             rng.random((3, 1, 17)) < 0.5, rng.random((3, 17, 1)) < 0.5]
+    shapes = np.zeros((8, 40, 60), bool)
+    shapes[0, 5:9, 0:4] = True  # left border
+    shapes[1, 30:40, 55:60] = True  # bottom-right corner
+    shapes[2, 0, 0] = shapes[2, 39, 59] = True  # two single pixels, far apart
+    shapes[3, :, 10:12] = True  # full-height columns: the run crosses column boundaries
+    shapes[4, 10:20, 5:8] = shapes[4, 2:4, 40:50] = True  # empty columns inside the strip
+    shapes[5, 39, :] = True  # last row: one-pixel runs in every column
+    shapes[6, :, 0] = shapes[6, :, 59] = True  # first and last column only
+    cases += [shapes, np.ascontiguousarray(shapes.transpose(0, 2, 1)).transpose(0, 2, 1)]  # C and Fortran layouts
+    for masks in cases:
+        expected = [rle["counts"] for rle in mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0), np.uint8))]
+        assert encode_masks(masks.astype(np.uint8)) == expected

@@ -1,0 +1,197 @@
+"""Speed of models given by their configs: FPS end to end and model only, latency, stages, memory, params, FLOPs.
+
+    maskbench bench --config MODEL.yaml [--config B.yaml ...] [--ckpt_path C.ckpt ...] [--device cpu|cuda]
+                    [--precision 32|16|bf16] [--batch-size 1] [--warmup 10] [--iters 100] [--channels-last]
+                    [--compile] [--cudnn-benchmark] [--images 100] [--flops-images 5] [--breakdown-iters N]
+                    [--no-breakdown] [--data-config DATA.yaml] [--set KEY=VALUE ...] [--out FILE.json]
+
+Each --config is a model config as `maskbench fit` reads it (model: class_path/init_args, data: ...), or several
+YAML files of one model joined by commas (A.yaml,overrides.yaml: later files win), built the same way (Lightning's
+CLI, data.num_classes linked into the model); --ckpt_path (once per config, in the same order) loads trained
+weights into it. The inputs are the first --images val images of each config's dataset.
+--data-config adds a data config to every model (e.g. experiments/configs/data/coco2017.yaml); --set passes
+a Lightning CLI override to every model, e.g. --set model.init_args.pretrained=false to build a paper config
+without its ImageNet weights, which do not change the speed.
+
+Several --config run alternately (A B A B ... call by call, in one process) and the table adds each one's ratios
+to the first. --out writes the JSON (one record for one config; {"runs", "ratios", "environment"} for several).
+The protocol is benchmarks/speed.py's.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+class BenchError(ValueError):
+    """Bad bench input (an override, a checkpoint): printed as one `error:` line, exit status 2."""
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", action="append", required=True, metavar="MODEL.yaml[,MORE.yaml]",
+                        help="model config, or several YAMLs of one model joined by commas (later ones override); "
+                        "repeat to compare models alternately (ratios are to the first)")
+    parser.add_argument("--ckpt_path", "--ckpt-path", action="append", default=[], metavar="C.ckpt",
+                        help="weights for the config at the same position (all or none)")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    parser.add_argument("--precision", default="32", choices=["32", "16", "bf16"], help="16 / bf16: AMP autocast")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=10, help="untimed calls before timing")
+    parser.add_argument("--iters", type=int, default=100, help="timed calls per pass")
+    parser.add_argument("--breakdown-iters", type=int, default=None, help="timed calls of the stage pass (--iters)")
+    parser.add_argument("--no-breakdown", dest="breakdown", action="store_false", help="skip the per-stage pass")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the network submodules")
+    parser.add_argument("--cudnn-benchmark", action="store_true")
+    parser.add_argument("--images", type=int, default=100, help="val images to cycle through")
+    parser.add_argument("--flops-images", type=int, default=5, help="images the FLOPs are averaged over (0: none)")
+    parser.add_argument("--data-config", default=None, metavar="DATA.yaml", help="data config added to every model")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="Lightning CLI override for every model, e.g. model.init_args.pretrained=false")
+    parser.add_argument("--out", default=None, help="write the result JSON here (atomically)")
+    parser.set_defaults(handler=run_bench)
+
+
+def cli_arguments(config: str, data_config: str | None, overrides: list[str]) -> list[str]:
+    """The `maskbench fit` argument list that builds this model (verb first, as run_lightning expects); `config`
+    may join several YAML files of the model with commas."""
+    argv = ["fit"]
+    for path in config.split(","):
+        argv += ["--config", path]
+    if data_config:
+        argv += ["--config", data_config]
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if not sep or not key:
+            raise BenchError(f"--set expects KEY=VALUE, got {override!r}")
+        argv += [f"--{key.removeprefix('--')}", value]
+    return argv
+
+
+def build_from_config(config: str, data_config: str | None = None, overrides: list[str] = (),
+                      ckpt_path: str | None = None):
+    """(model, datamodule) exactly as `maskbench fit --config CONFIG` would build them, weights from `ckpt_path`."""
+    import warnings
+
+    from experiments.cli import run_lightning
+
+    with warnings.catch_warnings():
+        # LightningCLI warns whenever sys.argv holds more than its args: here it holds the bench verb's own.
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        cli = run_lightning(cli_arguments(config, data_config, list(overrides)), run=False)
+    model = cli.model
+    if ckpt_path:
+        load_weights(model, ckpt_path)
+    return model, cli.datamodule
+
+
+def load_weights(model, ckpt_path: str) -> None:
+    """The `state_dict` of a Lightning checkpoint (or a bare state dict) into `model`, every key matching."""
+    import torch
+
+    if not Path(ckpt_path).is_file():
+        raise BenchError(f"{ckpt_path}: checkpoint not found")
+    # The user's own checkpoint: Lightning's hyper-parameter entries need the full unpickler, as load_from_checkpoint.
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    state_dict = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state_dict, dict):
+        raise BenchError(f"{ckpt_path}: neither a Lightning checkpoint nor a state dict")
+    result = model.load_state_dict(state_dict, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise BenchError(
+            f"{ckpt_path}: does not fit {type(model).__name__} as configured: missing {result.missing_keys[:5]}"
+            f"{'...' if len(result.missing_keys) > 5 else ''}, unexpected {result.unexpected_keys[:5]}"
+            f"{'...' if len(result.unexpected_keys) > 5 else ''}"
+        )
+
+
+def run_names(configs: list[str]) -> list[str]:
+    """Config file stems ("r50_550", the first file's of a comma-joined config), or the whole arguments where two
+    stems collide."""
+    stems = [Path(config.split(",")[0]).stem for config in configs]
+    return stems if len(set(stems)) == len(stems) else list(configs)
+
+
+def run_bench(args) -> int:
+    from benchmarks.speed import compare, load_val_images
+    from models.base import write_json_atomic
+
+    try:
+        if args.ckpt_path and len(args.ckpt_path) != len(args.config):
+            raise BenchError(f"give one --ckpt_path per --config ({len(args.config)}), or none")
+        checkpoints = args.ckpt_path or [None] * len(args.config)
+        entries = []
+        for name, config, ckpt in zip(run_names(args.config), args.config, checkpoints):
+            model, datamodule = build_from_config(config, args.data_config, args.overrides, ckpt)
+            entries.append((name, model, load_val_images(datamodule, args.images)))
+    except BenchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    result = compare(
+        entries, device=args.device, precision=args.precision, batch_size=args.batch_size, warmup=args.warmup,
+        iters=args.iters, channels_last=args.channels_last, compile=args.compile, breakdown=args.breakdown,
+        cudnn_benchmark=args.cudnn_benchmark, breakdown_iters=args.breakdown_iters, flops_images=args.flops_images,
+    )
+    print(format_table(result))
+    if args.out:
+        write_json_atomic(Path(args.out), result["runs"][0] if len(entries) == 1 else result)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_table(result: dict) -> str:
+    """One row per model: input, FPS, latency, stages, params, GFLOPs, memory, and ratios to the first."""
+    env = result["environment"]
+    load = env.get("load_average") or {}
+    lines = [
+        f"device {env['device_name']} ({env['device']}), torch {env['torch']}, {env['cpu_threads']} CPU threads, "
+        f"load average at start {load.get('start')} / end {load.get('end')}",
+    ]
+    first = result["runs"][0]
+    lines.append(
+        f"precision {first['precision']}, batch {first['batch_size']}, warm-up {first['flags']['warmup']}, "
+        f"{first['flags']['iters']} timed calls; flags channels_last={first['flags']['channels_last']} "
+        f"compile={first['flags']['compile']} cudnn_benchmark={first['flags']['cudnn_benchmark']}"
+    )
+    header = (f"{'name':<16} {'input':>9} {'dets':>5} {'FPS':>7} {'FPS mdl':>7} {'p50 ms':>8} {'p90 ms':>8} "
+              f"{'bb+neck':>8} {'heads':>7} {'post':>7} {'params M':>8} {'GFLOPs':>8} {'mem MB':>7}")
+    several = len(result["runs"]) > 1
+    if several:
+        header += f" {'x FPS':>6} {'x FPSm':>6} {'x GFLOP':>7}"
+    lines.append(header)
+    for record, ratio in zip(result["runs"], result["ratios"]):
+        stages = record["stages_ms"] or {}
+        row = (
+            f"{record['name'][:16]:<16} {'x'.join(map(str, record['input_size'])):>9} "
+            f"{_fmt(record['detections_per_image'], '5.1f'):>5} {record['fps']:7.2f} "
+            f"{_fmt(record['fps_model'], '7.2f'):>7} {record['latency_ms']['p50']:8.1f} "
+            f"{record['latency_ms']['p90']:8.1f} {_fmt(stages.get('backbone_neck'), '8.1f'):>8} "
+            f"{_fmt(stages.get('heads'), '7.1f'):>7} {_fmt(stages.get('postprocess'), '7.1f'):>7} "
+            f"{record['params'] / 1e6:8.2f} {_fmt(record['gflops'], '8.1f'):>8} "
+            f"{_fmt(record['peak_memory_mb'], '7.0f'):>7}"
+        )
+        if several:
+            row += (f" {_fmt(ratio['fps'], '6.2f'):>6} {_fmt(ratio['fps_model'], '6.2f'):>6} "
+                    f"{_fmt(ratio['gflops'], '7.2f'):>7}")
+        lines.append(row)
+    lines.append("dets: detections per image (warm-up calls); stages: medians of the breakdown pass (ms); post = "
+                 "everything outside the listed stage modules (NMS, decoding, mask assembly and pasting); "
+                 "GFLOPs: 2 per multiply-add")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="maskbench bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    configure_parser(parser)
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,711 @@
+"""The speed protocol every architecture is measured by: FPS, latency, per-stage breakdown, peak memory, FLOPs.
+
+    record = benchmark(model, load_val_images(datamodule, 100), device="cuda", precision="16", iters=100)
+    result = compare([("mask_rcnn", model_a, images_a), ("yolact", model_b, images_b)], device="cuda")
+
+Protocol (the field's practice, /work/shared/reference/benchmarking.md):
+  * inputs are real val images, decoded once and moved to the device BEFORE any timing; batch `batch_size`
+    (1 by default), the images cycled in a fixed order so every model sees the same ones;
+  * the model in eval mode under torch.inference_mode, with the optional speed-ups as flags: AMP autocast
+    (`precision` "16" / "bf16"), channels_last weights, torch.compile, cudnn.benchmark;
+  * `warmup` untimed calls, then `iters` timed calls; the device is synchronised right before and right after
+    each timed call (the `synchronize` below) and nowhere else inside it;
+  * end to end = raw 0..1 images -> the model's own resize/normalise -> network -> post-processing -> boxes and
+    masks pasted at each image's full resolution (left on the device: no host copy);
+  * model only = the same call stopped right after the network's last raw head output (see `ModelSplit`), timed
+    in calls of its own: its stop hook is attached for those calls only, never during an end-to-end call;
+  * per-stage breakdown from calls of its own too (forward hooks timing the stage submodules, attached for those
+    calls only; CUDA events on a GPU); post-processing = the call minus its stages;
+  * the three kinds of call are interleaved round by round (end to end i, model only i, breakdown i), so a change
+    in machine load hits them alike;
+  * FPS = batch_size / median latency (the median resists the load spikes of a shared machine; mean and p90 are
+    reported too); peak device memory from a last, untimed pass (CUDA only; null elsewhere: CPU allocations
+    go through malloc, which torch does not account for);
+  * params and FLOPs from `benchmarks.complexity` on the unmodified fp32 model, before any flag is applied.
+
+Comparison mode (`compare`): the models take turns call by call, A B A B ..., in one process, so drift in machine
+load hits all of them alike; ratios are given relative to the first model.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from benchmarks.complexity import complexity
+from benchmarks.environment import environment
+
+PRECISIONS = {"32": None, "16": torch.float16, "bf16": torch.bfloat16}
+# The remainder of a breakdown call: everything outside the listed stage submodules.
+REMAINDER_STAGE = "postprocess"
+# Untimed calls that open the model-only and breakdown passes (their hooks may make torch.compile re-trace).
+PASS_WARMUP = 1
+# Untimed end-to-end calls of the peak-memory pass (CUDA only).
+MEMORY_ITERS = 10
+
+
+@dataclass(frozen=True)
+class ModelSplit:
+    """How one architecture's forward divides, for the model-only timing and the per-stage breakdown.
+
+    stages: stage name -> dotted names of the submodules whose forward calls make up that stage (all calls during
+        one forward are summed). The names of all stages are disjoint and none lies inside another, so no time is
+        counted twice. Whatever runs outside them (anchors, box decoding, NMS, mask assembly and pasting, and any
+        input transform that is not a module) is the remainder, reported as "postprocess". A name whose attribute
+        is None on a model instance (an optional part switched off, e.g. CenterMask's MaskIoU head) is skipped.
+    raw_outputs: candidates, in order, for the submodule whose forward produces the network's last raw head
+        output (the first present on the instance is used); the model-only timing stops right after it returns
+        (a hook raises `_RawOutputsReady`). A call in which it never runs (e.g. a mask head that only runs on
+        detections, and there were none) is timed whole and counted in the record's `model_only_stop_missed`.
+    """
+
+    stages: dict[str, tuple[str, ...]]
+    raw_outputs: tuple[str, ...]
+
+    @property
+    def stage_modules(self) -> list[str]:
+        return [name for names in self.stages.values() for name in names]
+
+    @property
+    def network_modules(self) -> list[str]:
+        """The dense network (what `compile=True` compiles): every stage but the input transform."""
+        return [name for stage, names in self.stages.items() if stage != "preprocess" for name in names]
+
+
+# Model class name -> its split. Explicit on purpose: a model not listed gets no model-only FPS and no breakdown
+# (null in the record), never an error. Architectures are read here, never changed for the benchmark.
+# "Model only" ends where the last network module has run; for a model whose mask head runs on its detections
+# (Mask R-CNN, CenterMask) that is after the detection NMS, for the dense ones (YOLACT, ISTR) before any NMS.
+SPLITS: dict[str, ModelSplit] = {
+    # transform (resize, normalise, pad) -> backbone -> FPN -> RPN head -> [anchors, proposal decoding + NMS] ->
+    # box RoI pool/head/predictor -> [box decoding + per-class NMS] -> mask RoI pool/head/predictor ->
+    # [mask probabilities of the predicted class, boxes rescaled, masks pasted at full resolution].
+    "MaskRCNN": ModelSplit(
+        stages={
+            "preprocess": ("transform",),
+            "backbone_neck": ("backbone", "neck"),
+            "heads": (
+                "rpn.head",
+                "roi_heads.box_roi_pool", "roi_heads.box_head", "roi_heads.box_predictor",
+                "roi_heads.mask_roi_pool", "roi_heads.mask_head", "roi_heads.mask_predictor",
+            ),
+        },
+        raw_outputs=("roi_heads.mask_predictor",),
+    ),
+    # resize + normalise (a method, so in the remainder) -> backbone -> FPN -> Protonet -> shared prediction head
+    # -> [anchors, box decoding, Fast NMS, prototypes x coefficients, crop, up-sampling to full resolution].
+    "YOLACT": ModelSplit(
+        stages={"backbone_neck": ("backbone", "neck"), "heads": ("protonet", "head")},
+        raw_outputs=("head",),
+    ),
+    # transform -> backbone -> FPN -> FCOS head -> [locations, box decoding, class-wise NMS, top n] ->
+    # RoIAlign -> SAG-Mask head -> MaskIoU head (optional) -> [mask scores, masks pasted at full resolution].
+    "CenterMask": ModelSplit(
+        stages={
+            "preprocess": ("transform",),
+            "backbone_neck": ("backbone", "neck"),
+            "heads": ("fcos_head", "roi_pool", "mask_head", "maskiou_head"),
+        },
+        raw_outputs=("maskiou_head", "mask_head"),
+    ),
+    # transform -> backbone -> FPN -> [query boxes and features] -> dynamic head (every stage: RoIAlign,
+    # attention, dynamic interaction, class / box / mask-embedding outputs) -> [top-k, codec decoding, pasting].
+    "ISTR": ModelSplit(
+        stages={"preprocess": ("transform",), "backbone_neck": ("backbone", "neck"), "heads": ("head",)},
+        raw_outputs=("head",),
+    ),
+}
+
+
+class _RawOutputsReady(Exception):
+    """Raised by the model-only stop hook: the network's raw outputs exist, post-processing is skipped."""
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (the protocol's only syncs; a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def load_val_images(datamodule, count: int) -> list[Tensor]:
+    """The first `count` val images of `datamodule` (fewer if the split is smaller), float [3,H,W] in 0..1,
+    decoded once through the datamodule's own eval pipeline, on the CPU. The benchmark cycles through them."""
+    if count < 1:
+        raise ValueError(f"load_val_images: count must be >= 1, got {count}")
+    if getattr(datamodule, "val_dataset", None) is None:
+        datamodule.setup("validate")
+    dataset = datamodule.val_dataset
+    if len(dataset) == 0:
+        raise ValueError(f"load_val_images: the val split of {type(datamodule).__name__} has no images")
+    return [dataset[index][0] for index in range(min(count, len(dataset)))]
+
+
+def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
+    """mean / p50 / p90 / min / max / std of per-call latencies, in milliseconds."""
+    ms = np.asarray(seconds, dtype=np.float64) * 1e3
+    return {
+        "mean": float(ms.mean()),
+        "p50": float(np.percentile(ms, 50)),
+        "p90": float(np.percentile(ms, 90)),
+        "min": float(ms.min()),
+        "max": float(ms.max()),
+        "std": float(ms.std()),
+    }
+
+
+class SpeedRun:
+    """One model prepared for timing on one device: images batched on the device, flags applied.
+
+    Each `*_call(index)` runs batch `index` (cycling through the images) once. `close()` undoes what the flags
+    changed in the model (compiled submodules) and in torch (cudnn.benchmark); the model stays in eval mode on
+    the device.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        images: Sequence[Tensor],
+        *,
+        name: str | None = None,
+        device: str | torch.device = "cpu",
+        precision: str = "32",
+        batch_size: int = 1,
+        channels_last: bool = False,
+        compile: bool = False,
+        cudnn_benchmark: bool = False,
+    ):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not images:
+            raise ValueError("benchmark needs at least one image")
+        for index, image in enumerate(images):
+            if not (isinstance(image, Tensor) and image.dim() == 3 and image.shape[0] == 3 and image.is_floating_point()):
+                raise ValueError(
+                    f"image {index}: expected a float tensor [3,H,W] in 0..1, got "
+                    f"{type(image).__name__} {tuple(getattr(image, 'shape', ()))} {getattr(image, 'dtype', '')}"
+                )
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device 'cuda' requested but torch.cuda.is_available() is False")
+        self.name = name or type(model).__name__
+        self.model_class = type(model).__name__
+        self.precision = precision
+        self.batch_size = batch_size
+        self.channels_last = channels_last
+        self.compile = compile
+        self.cudnn_benchmark = cudnn_benchmark
+        self.split = SPLITS.get(self.model_class)
+
+        self.model = model.eval().to(self.device)
+        self.stage_modules: list[str] = []
+        self.raw_outputs: str | None = None
+        if self.split is not None:
+            self.stage_modules, self.raw_outputs = _check_split(self.model, self.split, self.model_class)
+        self.model_stop_missed = 0
+        self.weights_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        # Images go to the device once, here, never inside a timed call.
+        on_device = [image.to(self.device, torch.float32) for image in images]
+        num_batches = -(-len(on_device) // batch_size)  # ceil: every image in some batch, the last one wrapping
+        self.batches = [
+            [on_device[(b * batch_size + j) % len(on_device)] for j in range(batch_size)] for b in range(num_batches)
+        ]
+        self.num_images = len(on_device)
+        self.image_size = list(Counter(tuple(image.shape[-2:]) for image in on_device).most_common(1)[0][0])
+        self.network_input_sizes: Counter = Counter()
+        self.detections: list[int] = []  # per image, counted in the warm-up calls
+
+        self._previous_cudnn_benchmark = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = cudnn_benchmark
+        self._swapped: list[tuple[nn.Module, str, nn.Module]] = []
+        self._callable: Callable[[list[Tensor]], Any] = self.model
+        if compile:
+            self._compile()
+
+    # ------------------------------------------------------------------------------------------------ flags
+
+    def _compile(self) -> None:
+        """torch.compile the dense network submodules of the split (post-processing stays eager: its shapes are
+        data-dependent); a model without a split is compiled whole. The compiled wrappers replace the submodules
+        until `close()`, and hooks go on the wrappers, i.e. outside the compiled graphs."""
+        if self.split is None:
+            self._callable = torch.compile(self.model)
+            return
+        for dotted in self.split.network_modules:
+            if dotted not in self.stage_modules:
+                continue
+            parent_name, _, attribute = dotted.rpartition(".")
+            parent = self.model.get_submodule(parent_name)
+            original = getattr(parent, attribute)
+            setattr(parent, attribute, torch.compile(original))
+            self._swapped.append((parent, attribute, original))
+
+    def close(self) -> None:
+        for parent, attribute, original in reversed(self._swapped):
+            setattr(parent, attribute, original)
+        self._swapped.clear()
+        self._callable = self.model
+        torch.backends.cudnn.benchmark = self._previous_cudnn_benchmark
+
+    def _autocast(self):
+        dtype = PRECISIONS[self.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    # ------------------------------------------------------------------------------------------------ calls
+
+    def batch(self, index: int) -> list[Tensor]:
+        return self.batches[index % len(self.batches)]
+
+    def call(self, index: int) -> Any:
+        """One untimed end-to-end call on batch `index`."""
+        with self._autocast():
+            return self._callable(self.batch(index))
+
+    def warmup_call(self, index: int) -> None:
+        """An untimed call that also counts the detections per image (post-processing and pasting scale with
+        them, so they belong next to every speed figure)."""
+        for prediction in self.call(index):
+            if isinstance(prediction, dict) and isinstance(prediction.get("scores"), Tensor):
+                self.detections.append(int(prediction["scores"].numel()))
+
+    def timed_call(self, index: int) -> float:
+        """Seconds of one end-to-end call, synchronised before and after."""
+        batch = self.batch(index)
+        with self._autocast():
+            synchronize(self.device)
+            start = time.perf_counter()
+            outputs = self._callable(batch)
+            synchronize(self.device)
+            seconds = time.perf_counter() - start
+        del outputs  # freed outside the timed region
+        return seconds
+
+    def timed_model_call(self, index: int) -> float:
+        """Seconds of one call stopped at the raw head outputs; needs `stop_at_raw_outputs()` to be active."""
+        batch = self.batch(index)
+        with self._autocast():
+            synchronize(self.device)
+            start = time.perf_counter()
+            try:
+                self._callable(batch)
+            except _RawOutputsReady:
+                pass
+            else:  # the last head never ran (nothing detected): the whole forward was the network's work
+                self.model_stop_missed += 1
+            synchronize(self.device)
+            return time.perf_counter() - start
+
+    def breakdown_call(self, index: int, timer: "_StageTimer") -> dict[str, float]:
+        """Seconds per stage of one call (and the remainder, and the call's total); needs `timer` hooked in."""
+        batch = self.batch(index)
+        timer.reset()
+        with self._autocast():
+            synchronize(self.device)
+            start = time.perf_counter()
+            outputs = self._callable(batch)
+            synchronize(self.device)
+            total = time.perf_counter() - start
+        del outputs
+        stages = timer.stage_seconds()
+        stages[REMAINDER_STAGE] = total - sum(stages.values())
+        stages["total"] = total
+        return stages
+
+    # ------------------------------------------------------------------------------------------------ hooks
+
+    @contextlib.contextmanager
+    def stop_at_raw_outputs(self) -> Iterator[None]:
+        def stop(module, args, output):
+            raise _RawOutputsReady
+
+        handle = self.model.get_submodule(self.raw_outputs).register_forward_hook(stop)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    @contextlib.contextmanager
+    def stage_timer(self) -> Iterator["_StageTimer"]:
+        timer = _StageTimer(self.device)
+        handles = []
+        for stage, names in self.split.stages.items():
+            for dotted in names:
+                if dotted not in self.stage_modules:
+                    continue
+                module = self.model.get_submodule(dotted)
+                handles.append(module.register_forward_pre_hook(timer.pre_hook(stage, dotted)))
+                handles.append(module.register_forward_hook(timer.post_hook(dotted)))
+        try:
+            yield timer
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    @contextlib.contextmanager
+    def network_input_probe(self) -> Iterator[None]:
+        """Record the [H, W] of the 4-D tensor entering the first stage module (the network's input size)."""
+        if self.split is None:
+            yield
+            return
+        first = next(name for name in self.split.network_modules if name in self.stage_modules)
+
+        def probe(module, args):
+            tensors = [a for a in args if isinstance(a, Tensor) and a.dim() == 4]
+            if tensors:
+                self.network_input_sizes[tuple(int(s) for s in tensors[0].shape[-2:])] += 1
+
+        handle = self.model.get_submodule(first).register_forward_pre_hook(probe)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def peak_memory_mb(self, calls: int) -> float | None:
+        """Weights + the largest transient allocation over `calls` end-to-end calls run alone (CUDA only)."""
+        if self.device.type != "cuda":
+            return None
+        synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        resident = torch.cuda.memory_allocated(self.device)
+        for index in range(calls):
+            self.call(index)
+        synchronize(self.device)
+        transient = torch.cuda.max_memory_allocated(self.device) - resident
+        return (self.weights_bytes + transient) / 2**20
+
+
+class _StageTimer:
+    """Forward pre/post hooks that add each stage submodule's time to its stage.
+
+    On a GPU each call is bracketed by CUDA events (no host sync inside the call; the spans are read after the
+    call's final sync); elsewhere by the protocol's `synchronize` + perf_counter.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.use_events = device.type == "cuda"
+        self._open: dict[str, list[Any]] = {}
+        self._spans: list[tuple[str, Any, Any]] = []
+        self._stage_of: dict[str, str] = {}
+
+    def reset(self) -> None:
+        self._open.clear()
+        self._spans.clear()
+
+    def _mark(self) -> Any:
+        if self.use_events:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        synchronize(self.device)
+        return time.perf_counter()
+
+    def pre_hook(self, stage: str, dotted: str) -> Callable:
+        self._stage_of[dotted] = stage
+
+        def hook(module, args):
+            self._open.setdefault(dotted, []).append(self._mark())
+
+        return hook
+
+    def post_hook(self, dotted: str) -> Callable:
+        def hook(module, args, output):
+            start = self._open[dotted].pop()
+            self._spans.append((self._stage_of[dotted], start, self._mark()))
+
+        return hook
+
+    def stage_seconds(self) -> dict[str, float]:
+        seconds = {stage: 0.0 for stage in dict.fromkeys(self._stage_of.values())}
+        for stage, start, end in self._spans:
+            seconds[stage] += start.elapsed_time(end) / 1e3 if self.use_events else end - start
+        return seconds
+
+
+def _find(model: nn.Module, dotted: str, model_class: str) -> nn.Module | None:
+    """The submodule `dotted`, None if that attribute is None (an optional part switched off); a name the model
+    lacks altogether is an error in SPLITS."""
+    parent_name, _, attribute = dotted.rpartition(".")
+    try:
+        parent = model.get_submodule(parent_name)
+    except AttributeError:
+        parent = None
+    value = getattr(parent, attribute, _MISSING) if parent is not None else _MISSING
+    if value is None:
+        return None
+    if not isinstance(value, nn.Module):
+        raise ValueError(f"SPLITS[{model_class!r}] names submodule {dotted!r}, which the model lacks")
+    return value
+
+
+_MISSING = object()
+
+
+def _check_split(model: nn.Module, split: ModelSplit, model_class: str) -> tuple[list[str], str]:
+    """(the stage modules present on this instance, the raw-outputs module used). Every name must exist (None
+    allowed), at least one raw-outputs candidate must be present, and no stage module may lie inside another
+    (its time would count twice)."""
+    stage_modules = split.stage_modules
+    if len(set(stage_modules)) != len(stage_modules):
+        raise ValueError(f"SPLITS[{model_class!r}]: a submodule is listed twice: {stage_modules}")
+    for outer in stage_modules:
+        for inner in stage_modules:
+            if inner != outer and inner.startswith(outer + "."):
+                raise ValueError(f"SPLITS[{model_class!r}]: {inner!r} lies inside {outer!r}")
+    present = [name for name in stage_modules if _find(model, name, model_class) is not None]
+    raw = [name for name in split.raw_outputs if _find(model, name, model_class) is not None]
+    if not raw:
+        raise ValueError(f"SPLITS[{model_class!r}]: none of the raw-output modules {split.raw_outputs} is present")
+    return present, raw[0]
+
+
+# ------------------------------------------------------------------------------------------------ the protocol
+
+
+def _round_robin(runs: list[SpeedRun], calls: int, fn: Callable[[SpeedRun, int], Any]) -> list[list[Any]]:
+    """fn(run, i) for i in range(calls), alternating the runs call by call: A0 B0 A1 B1 ..."""
+    results: list[list[Any]] = [[] for _ in runs]
+    for index in range(calls):
+        for position, run in enumerate(runs):
+            results[position].append(fn(run, index))
+    return results
+
+
+def _median_stages(calls: list[dict[str, float]]) -> dict[str, float]:
+    return {stage: statistics.median(call[stage] for call in calls) * 1e3 for stage in calls[0]}
+
+
+def measure(
+    runs: list[SpeedRun], *, warmup: int, iters: int, breakdown: bool, breakdown_iters: int | None = None
+) -> list[dict[str, Any]]:
+    """Time prepared runs; returns per run its raw measurements (seconds per call).
+
+    Warm-up: `warmup` untimed end-to-end calls per run (network input size and detections counted meanwhile),
+    then PASS_WARMUP untimed calls with each pass's hooks. Timed: `iters` rounds; round i runs, model after model
+    (A B A B ...), the end-to-end call i, then the model-only call i (stop hook attached for that call only), then,
+    in the first `breakdown_iters` rounds (at most `iters`), the breakdown call i (stage hooks attached for that
+    call only). So drift in machine load hits every model and every pass alike, and no hook is attached during an
+    end-to-end call. Peak memory (CUDA) last, each run alone. Everything under torch.inference_mode.
+    """
+    if warmup < 0 or iters < 1:
+        raise ValueError(f"need warmup >= 0 and iters >= 1, got warmup={warmup}, iters={iters}")
+    breakdown_iters = min(iters, iters if breakdown_iters is None else breakdown_iters) if breakdown else 0
+    split_runs = [run for run in runs if run.split is not None]
+    out: list[dict[str, Any]] = [{"end_to_end": []} for _ in runs]
+    for run in split_runs:
+        out[runs.index(run)]["model"] = []
+        if breakdown_iters:
+            out[runs.index(run)]["stages"] = []
+
+    def model_only(run: SpeedRun, index: int, timed: bool) -> float | None:
+        with run.stop_at_raw_outputs():
+            return run.timed_model_call(index) if timed else _ignore_stop(run, index)
+
+    def stages(run: SpeedRun, index: int, timed: bool) -> dict[str, float] | None:
+        with run.stage_timer() as timer:
+            if timed:
+                return run.breakdown_call(index, timer)
+            run.call(index)
+            return None
+
+    with torch.inference_mode():
+        with contextlib.ExitStack() as probes:
+            for run in runs:
+                probes.enter_context(run.network_input_probe())
+            _round_robin(runs, warmup, lambda run, i: run.warmup_call(i))
+        for index in range(PASS_WARMUP):
+            for run in split_runs:
+                model_only(run, index, timed=False)
+            for run in split_runs if breakdown_iters else []:
+                stages(run, index, timed=False)
+
+        for index in range(iters):
+            for run, record in zip(runs, out):
+                record["end_to_end"].append(run.timed_call(index))
+            for run in split_runs:
+                out[runs.index(run)]["model"].append(model_only(run, index, timed=True))
+            for run in split_runs if index < breakdown_iters else []:
+                out[runs.index(run)]["stages"].append(stages(run, index, timed=True))
+
+        for position, run in enumerate(runs):
+            out[position]["peak_memory_mb"] = run.peak_memory_mb(MEMORY_ITERS)
+    return out
+
+
+def _ignore_stop(run: SpeedRun, index: int) -> None:
+    try:
+        run.call(index)
+    except _RawOutputsReady:
+        pass
+    return None
+
+
+def build_record(
+    run: SpeedRun, measured: dict[str, Any], complexity_record: dict[str, Any], *, warmup: int, iters: int
+) -> dict[str, Any]:
+    """The JSON-serialisable speed record of one run (the record the runner stores and the leaderboard reads)."""
+    latency = latency_summary(measured["end_to_end"])
+    model_latency = latency_summary(measured["model"]) if "model" in measured else None
+    stage_calls = measured.get("stages")
+    stages_ms = _median_stages(stage_calls) if stage_calls else None
+    breakdown_total_ms = stages_ms.pop("total") if stages_ms else None
+    network_size = run.network_input_sizes.most_common(1)
+    return {
+        "name": run.name,
+        "model": run.model_class,
+        "fps": run.batch_size * 1e3 / latency["p50"],
+        "fps_model": run.batch_size * 1e3 / model_latency["p50"] if model_latency else None,
+        "latency_ms": latency,
+        "latency_model_ms": model_latency,
+        "stages_ms": stages_ms,
+        "breakdown_total_ms": breakdown_total_ms,
+        "peak_memory_mb": measured["peak_memory_mb"],
+        **complexity_record,
+        "input_size": list(network_size[0][0]) if network_size else run.image_size,
+        "input_size_from": "network input" if network_size else "images",
+        "image_size": run.image_size,
+        "detections_per_image": statistics.fmean(run.detections) if run.detections else None,
+        "num_images": run.num_images,
+        "batch_size": run.batch_size,
+        "precision": run.precision,
+        "device": str(run.device),
+        "flags": {
+            "channels_last": run.channels_last,
+            "compile": run.compile,
+            "cudnn_benchmark": run.cudnn_benchmark,
+            "warmup": warmup,
+            "iters": iters,
+            "breakdown_iters": len(stage_calls or []),
+        },
+        "model_only_stop_missed": run.model_stop_missed if "model" in measured else None,
+        "timed_calls": {
+            "end_to_end": len(measured["end_to_end"]),
+            "model": len(measured.get("model", [])),
+            "breakdown": len(stage_calls or []),
+        },
+    }
+
+
+RATIO_KEYS = ("fps", "fps_model", "params", "gflops")
+
+
+def ratios_to_first(records: list[dict[str, Any]]) -> list[dict[str, float | None]]:
+    """Each record's fps, fps_model, latency p50, params and GFLOPs divided by the first record's."""
+    first = records[0]
+
+    def ratio(a, b):
+        return None if a is None or b in (None, 0) else a / b
+
+    return [
+        {
+            "name": record["name"],
+            **{key: ratio(record.get(key), first.get(key)) for key in RATIO_KEYS},
+            "latency_p50": ratio(record["latency_ms"]["p50"], first["latency_ms"]["p50"]),
+        }
+        for record in records
+    ]
+
+
+def compare(
+    entries: Sequence[tuple[str, nn.Module, Sequence[Tensor]]],
+    *,
+    device: str | torch.device = "cpu",
+    precision: str = "32",
+    batch_size: int = 1,
+    warmup: int = 10,
+    iters: int = 100,
+    channels_last: bool = False,
+    compile: bool = False,
+    breakdown: bool = True,
+    cudnn_benchmark: bool = False,
+    breakdown_iters: int | None = None,
+    flops_images: int = 5,
+) -> dict[str, Any]:
+    """Benchmark several (name, model, images) alternately in this process: {"runs": [record...], "ratios": [...],
+    "environment": {...}}; ratios are to the first entry. Settings as in `benchmark`."""
+    if not entries:
+        raise ValueError("compare needs at least one (name, model, images) entry")
+    load_start = _load_average()
+    # FLOPs and params of each model on the device in fp32 with no flag applied yet, before anything is timed.
+    complexities = [
+        complexity(model.eval().to(device), list(images)[:flops_images]) for _, model, images in entries
+    ]
+    runs = [
+        SpeedRun(model, images, name=name, device=device, precision=precision, batch_size=batch_size,
+                 channels_last=channels_last, compile=compile, cudnn_benchmark=cudnn_benchmark)
+        for name, model, images in entries
+    ]
+    try:
+        measured = measure(runs, warmup=warmup, iters=iters, breakdown=breakdown, breakdown_iters=breakdown_iters)
+    finally:
+        for run in reversed(runs):  # each restores what it found, so the first restores the original state
+            run.close()
+    env = environment(device)
+    env["load_average"] = {"start": load_start, "end": _load_average()}
+    records = []
+    for run, measurement, complexity_record in zip(runs, measured, complexities):
+        record = build_record(run, measurement, complexity_record, warmup=warmup, iters=iters)
+        record["environment"] = env
+        records.append(record)
+    return {"runs": records, "ratios": ratios_to_first(records), "environment": env}
+
+
+def benchmark(
+    model: nn.Module,
+    images: Sequence[Tensor],
+    *,
+    device: str | torch.device = "cpu",
+    precision: str = "32",
+    batch_size: int = 1,
+    warmup: int = 10,
+    iters: int = 100,
+    channels_last: bool = False,
+    compile: bool = False,
+    breakdown: bool = True,
+    cudnn_benchmark: bool = False,
+    breakdown_iters: int | None = None,
+    flops_images: int = 5,
+) -> dict[str, Any]:
+    """The speed record of one model on `images` (list of float [3,H,W] in 0..1, e.g. `load_val_images`).
+
+    device "cpu" | "cuda" | "cuda:N"; precision "32" | "16" | "bf16" (AMP autocast); `batch_size` images per
+    call; `warmup` untimed and `iters` timed calls per pass; `channels_last`, `compile`, `cudnn_benchmark`: the
+    speed-up flags; `breakdown`: also time the stages (`breakdown_iters` calls, default `iters`);
+    `flops_images`: images the FLOPs are averaged over (0: params only).
+
+    The record: fps, fps_model, latency_ms {mean, p50, p90, min, max, std}, latency_model_ms, stages_ms (ms per
+    stage, medians; null for a model without a `SPLITS` entry or with breakdown=False), breakdown_total_ms,
+    peak_memory_mb (CUDA; null elsewhere), params, gflops, gflops_std, gmacs, input_size (the network input
+    [H, W]), image_size, batch_size, precision, flags {channels_last, compile, cudnn_benchmark, warmup, iters,
+    breakdown_iters}, timed_calls, environment (with the load average at start and end). The model is left in
+    eval mode on `device` (and in channels_last memory format if asked).
+    """
+    result = compare(
+        [(type(model).__name__, model, images)], device=device, precision=precision, batch_size=batch_size,
+        warmup=warmup, iters=iters, channels_last=channels_last, compile=compile, breakdown=breakdown,
+        cudnn_benchmark=cudnn_benchmark, breakdown_iters=breakdown_iters, flops_images=flops_images,
+    )
+    return result["runs"][0]
+
+
+def _load_average() -> list[float] | None:
+    """1, 5 and 15-minute load averages (None where the OS has none): the context of every CPU figure."""
+    try:
+        return [round(value, 2) for value in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None

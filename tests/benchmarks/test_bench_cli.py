@@ -1,0 +1,87 @@
+"""`maskbench bench` through the real CLI: configs built like `maskbench fit` builds them, weights from a
+checkpoint, overrides, a comparison of two models, the JSON it writes."""
+import json
+
+import pytest
+import torch
+import yaml
+
+from benchmarks.bench_cli import build_from_config, cli_arguments, BenchError
+from experiments.cli import main
+from tests.models.test_contract import TINY_CONFIGS
+
+CLASS_PATHS = {"mask_rcnn": "models.mask_rcnn.MaskRCNN", "yolact": "models.yolact.YOLACT"}
+
+
+@pytest.fixture
+def tiny_config(small_synthetic_root, tmp_path):
+    def write(name: str) -> str:
+        config = {
+            "model": {"class_path": CLASS_PATHS[name], "init_args": TINY_CONFIGS[name]},
+            "data": {"root": str(small_synthetic_root), "batch_size": 2},
+            "trainer": {"accelerator": "cpu", "devices": 1, "logger": False, "default_root_dir": str(tmp_path)},
+        }
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return str(path)
+
+    return write
+
+
+FAST = ["--warmup", "1", "--iters", "2", "--breakdown-iters", "1", "--images", "2", "--flops-images", "1"]
+
+
+def test_bench_compares_two_configs_and_writes_the_json(tiny_config, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    status = main(["bench", "--config", tiny_config("mask_rcnn"), "--config", tiny_config("yolact"), *FAST,
+                   "--out", str(out)])
+    assert status == 0
+    result = json.loads(out.read_text())
+    assert [run["name"] for run in result["runs"]] == ["mask_rcnn", "yolact"]
+    assert [run["model"] for run in result["runs"]] == ["MaskRCNN", "YOLACT"]
+    assert result["ratios"][0]["fps"] == 1.0 and result["ratios"][1]["fps"] > 0
+    for run in result["runs"]:
+        assert run["timed_calls"] == {"end_to_end": 2, "model": 2, "breakdown": 1}
+        assert run["num_images"] == 2 and run["environment"]["load_average"]["start"] is not None
+    table = capsys.readouterr().out
+    assert "mask_rcnn" in table and "yolact" in table and "load average" in table
+
+
+def test_checkpoint_weights_and_overrides_are_applied(tiny_config, tmp_path):
+    config = tiny_config("yolact")
+    trained, _ = build_from_config(config)
+    with torch.no_grad():
+        for parameter in trained.parameters():
+            parameter.add_(1.0)
+    ckpt = tmp_path / "weights.ckpt"
+    torch.save({"state_dict": trained.state_dict()}, ckpt)
+    extra = tmp_path / "extra.yaml"
+    extra.write_text(yaml.safe_dump({"model": {"init_args": {"nms_top_k": 11}}}))
+
+    model, datamodule = build_from_config(f"{config},{extra}", overrides=["model.init_args.detections_per_img=7"],
+                                          ckpt_path=str(ckpt))
+    assert model.hparams.detections_per_img == 7 and model.hparams.nms_top_k == 11
+    assert model.hparams.num_classes == datamodule.num_classes  # linked from the data, as in fit
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, trained.state_dict()[name]), name
+
+    # the same through the verb: one config gives one record
+    out = tmp_path / "one.json"
+    assert main(["bench", "--config", f"{config},{extra}", "--ckpt_path", str(ckpt), *FAST, "--no-breakdown",
+                 "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["name"] == "yolact" and record["stages_ms"] is None and record["fps_model"] > 0
+    assert record["detections_per_image"] is not None
+
+
+def test_bad_checkpoint_and_override_are_one_line_errors(tiny_config, tmp_path, capsys):
+    other = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {"backbone.nonsense": torch.zeros(1)}}, other)
+    assert main(["bench", "--config", tiny_config("yolact"), "--ckpt_path", str(other), *FAST]) == 2
+    assert "does not fit YOLACT" in capsys.readouterr().err
+    assert main(["bench", "--config", tiny_config("yolact"), "--ckpt_path", str(tmp_path / "missing.ckpt")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    with pytest.raises(BenchError, match="KEY=VALUE"):
+        cli_arguments("a.yaml", None, ["model.init_args.lr"])
+    assert cli_arguments("a.yaml", "d.yaml", ["trainer.devices=1"]) == [
+        "fit", "--config", "a.yaml", "--config", "d.yaml", "--trainer.devices", "1"]
