@@ -23,8 +23,11 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -c "import torch, torchvision; assert torch.__version__.split('+')[0] == '$(TORCH_VERSION)', torch.__version__; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
 	touch $(STAMP)
 
+# Every architecture's quickstart config on the synthetic default: train, evaluate, benchmark, then the leaderboard
+# table (printed) and the AP-vs-FPS plot in results/quickstart/leaderboard/. ~15 min on 2 CPU cores; a GPU is used
+# when present.
 demo: install
-	$(VENV)/bin/maskbench demo
+	$(VENV)/bin/maskbench quickstart
 
 test: install
 	$(PY) -m pytest -q

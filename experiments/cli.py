@@ -35,12 +35,21 @@ LIGHTNING_VERBS = ("fit", "validate", "test", "predict")
 CONVERTERS = {
     "torchvision-maskrcnn": "models.mask_rcnn.convert:convert_torchvision_maskrcnn",
     "yolact-official": "models.yolact.convert:convert_yolact_official",
+    "centermask2": "models.centermask.convert:convert_centermask2",
+    "istr-official": "models.istr.convert:convert_istr_official",
 }
 
 # Explicit table of verbs that live in their own module: verb -> module. The module defines
 # `configure_parser(parser)`, which adds its arguments and `parser.set_defaults(handler=...)`; the handler returns the
 # exit status. Modules keep heavy imports (torch, models) inside their handlers so building this parser stays cheap.
-VERB_MODULES: dict[str, str] = {}
+VERB_MODULES: dict[str, str] = {
+    "bench": "benchmarks.bench_cli",
+    "run": "experiments.run",
+    "sweep": "experiments.sweep",
+    "leaderboard": "experiments.leaderboard",
+    "quickstart": "experiments.quickstart",
+    "fit-codec": "experiments.fit_codec",
+}
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 QUICKSTART_DIR = Path(__file__).resolve().parent / "configs" / "quickstart"
@@ -154,33 +163,10 @@ def _convert(args) -> int:
 
 
 def _demo(args) -> int:
-    """The embedded default end to end: synthetic data -> data check -> every quickstart model trained,
-    evaluated with the COCO evaluator, metrics printed."""
-    from datamodules.check import check_dataset, resolve_split
-    from datamodules.synthetic import synthetic_root
+    """An alias of `maskbench quickstart` (experiments/quickstart.py) with its defaults."""
+    from experiments.quickstart import quickstart
 
-    root = synthetic_root()
-    image_dir, ann_file = resolve_split(str(root), "val")
-    print(format_check_summary(check_dataset(image_dir, ann_file, progress=False), str(root)), flush=True)
-
-    import models
-
-    results = {}
-    for name in models.MODELS:
-        config = QUICKSTART_DIR / f"{name}.yaml"
-        if not config.exists():
-            continue
-        out_dir = Path(args.out) / name
-        print(f"\n=== {name}: training {config.relative_to(REPO_ROOT)} -> {out_dir}", flush=True)
-        cli = run_lightning(["fit", "--config", str(config), "--trainer.default_root_dir", str(out_dir)])
-        metrics_file = Path(cli.trainer.log_dir or out_dir) / "metrics.json"
-        results[name] = json.loads(metrics_file.read_text())
-    if not results:
-        return 0
-    print("\nmodel        segm AP  segm AP50  bbox AP")
-    for name, m in results.items():
-        print(f"{name:<12} {m['val/segm_AP']:7.3f}  {m['val/segm_AP50']:9.3f}  {m['val/bbox_AP']:7.3f}")
-    return 0
+    return quickstart(args.out)
 
 
 # --------------------------------------------------------------------------------------------- main
@@ -224,8 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("output")
     conv.set_defaults(handler=_convert)
 
-    demo = verbs.add_parser("demo", help="synthetic data -> check -> quickstart models trained and evaluated")
-    demo.add_argument("--out", default="outputs/demo")
+    demo = verbs.add_parser("demo", help="alias of `maskbench quickstart`: every quickstart model trained, evaluated, "
+                                         "benchmarked; leaderboard printed")
+    demo.add_argument("--out", default="results/quickstart")
     demo.set_defaults(handler=_demo)
 
     for verb, module_name in VERB_MODULES.items():
@@ -240,6 +227,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv and argv[0] in LIGHTNING_VERBS:
+            if argv[0] == "predict":  # --visualize OUT_DIR: prediction overlays as PNG (experiments/visualize.py)
+                from experiments.visualize import visualize_args
+
+                argv = visualize_args(argv)
             run_lightning(argv)
             return 0
         args = build_parser().parse_args(argv)

@@ -1,0 +1,35 @@
+"""`maskbench quickstart` (= `make demo`): every quickstart model trained, evaluated, benchmarked, recorded; the
+leaderboard printed and plotted; a second call finds the records and trains nothing."""
+import pytest
+
+import models
+from experiments import results as store
+from experiments.quickstart import quickstart, quickstart_configs
+from experiments.run import BenchmarkSettings
+
+
+def test_quickstart_covers_every_model_and_names_unknown_ones():
+    assert list(quickstart_configs()) == list(models.MODELS)
+    assert list(quickstart_configs(["yolact"])) == ["yolact"]
+    with pytest.raises(ValueError, match="no quickstart config for nope"):
+        quickstart_configs(["nope"])
+
+
+@pytest.mark.slow  # four real architectures, a few steps each: ~2-4 min on 2 cores
+def test_quickstart_end_to_end_on_a_small_dataset(small_synthetic_root, tmp_path, capsys):
+    results = tmp_path / "quickstart"
+    shrink = [f"--data.root={small_synthetic_root}", "--data.batch_size=2", "--data.num_workers=0",
+              "--trainer.max_steps=2", "--trainer.val_check_interval=2", "--trainer.enable_progress_bar=false"]
+    bench = BenchmarkSettings(warmup=1, iters=2, breakdown=False)
+    assert quickstart(results, wandb="off", benchmark=bench, extra_overrides=shrink) == 0
+    out = capsys.readouterr().out
+    records = store.load_records([results])
+    assert sorted(r["model"] for r in records) == sorted(models.MODELS)
+    assert all(r["status"] == "ok" and set(r["metrics"]) == {"bbox", "segm"} for r in records)
+    table = out.split("## Leaderboard")[1]
+    for name in models.MODELS:
+        assert f"| {name} |" in table
+    assert (results / "leaderboard" / "ap_vs_fps.png").stat().st_size > 0
+
+    assert quickstart(results, wandb="off", benchmark=bench, extra_overrides=shrink) == 0
+    assert capsys.readouterr().out.count("finished earlier, skipped") == len(models.MODELS)
