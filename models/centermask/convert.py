@@ -38,7 +38,7 @@ from timm.models.vovnet import model_cfgs
 from torch import Tensor
 
 from models.centermask.model import CenterMask
-from models.common.checkpoint import save_converted_checkpoint
+from models.common.checkpoint import check_converted_state_dict, save_converted_checkpoint
 from models.common.vovnet import official_key
 
 # detectron2's default input convention (cfg.MODEL.PIXEL_MEAN / PIXEL_STD, INPUT.FORMAT "BGR"), which the
@@ -136,23 +136,7 @@ def map_state_dict(state: dict[str, Tensor], expected: dict[str, Tensor], path: 
             unused.append(key)
             continue
         mapped[new_key] = value
-    for key in expected:
-        # BatchNorm's step counter: not a weight, absent from detectron2's FrozenBatchNorm.
-        if key.endswith(".num_batches_tracked") and key not in mapped:
-            mapped[key] = torch.zeros_like(expected[key])
-    missing = sorted(set(expected) - set(mapped))
-    unused += sorted(k for k in mapped if k not in expected)
-    wrong_shape = [
-        f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}"
-        for k, v in mapped.items()
-        if k in expected and v.shape != expected[k].shape
-    ]
-    if missing or unused or wrong_shape:
-        raise ValueError(
-            f"{path}: weights do not match the centermask2 layout: missing {missing}, unused {unused}, "
-            f"wrong shape {wrong_shape}"
-        )
-    return mapped
+    return check_converted_state_dict(mapped, expected, unused, path, "centermask2")
 
 
 def map_key(key: str) -> str | None:

@@ -40,3 +40,24 @@ def save_converted_checkpoint(model: LightningModule, out_path: str, class_path:
         os.unlink(tmp_path)
         raise
     return out_path
+
+
+def check_converted_state_dict(
+    mapped: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], unused: list[str], path: str, layout: str
+) -> dict[str, torch.Tensor]:
+    """The last step of every converter: `mapped` (renamed foreign weights) must fill `expected` (the model's own
+    state dict) exactly. BatchNorm step counters missing from the file are filled with zeros (not weights; absent
+    from frozen-BN and some official files). Anything missing, left over (`unused` foreign keys plus mapped keys the
+    model lacks) or of the wrong shape is one ValueError naming the file and the `layout` it was read as.
+    Returns `mapped`, completed."""
+    for key in expected:
+        if key.endswith(".num_batches_tracked") and key not in mapped:
+            mapped[key] = torch.zeros_like(expected[key])
+    missing = sorted(set(expected) - set(mapped))
+    unused = list(unused) + sorted(key for key in mapped if key not in expected)
+    wrong_shape = [f"{key} {tuple(value.shape)} vs {tuple(expected[key].shape)}"
+                   for key, value in mapped.items() if key in expected and value.shape != expected[key].shape]
+    if missing or unused or wrong_shape:
+        raise ValueError(f"{path}: weights do not match the {layout} layout: missing {missing}, unused {unused}, "
+                         f"wrong shape {wrong_shape}")
+    return mapped

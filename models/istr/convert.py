@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from models.common.checkpoint import save_converted_checkpoint
+from models.common.checkpoint import check_converted_state_dict, save_converted_checkpoint
 from models.istr.model import ISTR
 
 RESNET_BLOCKS = {(2, 2, 2, 2): "resnet18", (3, 4, 6, 3): "resnet34/50", (3, 4, 23, 3): "resnet101"}
@@ -146,22 +146,7 @@ def map_state_dict(state: dict[str, Tensor], expected: dict[str, Tensor], path: 
         mapped["codec.ready"] = torch.tensor(True)
         # The official file keeps no total variance, so the explained share is unknown.
         mapped["codec.explained_variance_ratio"] = torch.zeros_like(variance)
-    for key in expected:
-        if key.endswith(".num_batches_tracked") and key not in mapped:
-            mapped[key] = torch.zeros_like(expected[key])
-    missing = sorted(set(expected) - set(mapped))
-    unused += sorted(k for k in mapped if k not in expected)
-    wrong_shape = [
-        f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}"
-        for k, v in mapped.items()
-        if k in expected and v.shape != expected[k].shape
-    ]
-    if missing or unused or wrong_shape:
-        raise ValueError(
-            f"{path}: weights do not match the official ISTR V1 layout: missing {missing}, unused {unused}, "
-            f"wrong shape {wrong_shape}"
-        )
-    return mapped
+    return check_converted_state_dict(mapped, expected, unused, path, "official ISTR V1")
 
 
 def _map_key(key: str) -> str | None:

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from models.common.checkpoint import save_converted_checkpoint
+from models.common.checkpoint import check_converted_state_dict, save_converted_checkpoint
 from models.yolact.model import RESNET_MEAN, RESNET_STD, YOLACT
 
 OFFICIAL_SCALES = [24, 48, 96, 192, 384]  # at 550 px
@@ -121,23 +121,7 @@ def map_state_dict(state: dict[str, Tensor], expected: dict[str, Tensor], path: 
                 unused.append(key)
             continue
         mapped[new_key] = value
-    for key in expected:
-        # BatchNorm's step counter: not a weight, and absent from some official files.
-        if key.endswith(".num_batches_tracked") and key not in mapped:
-            mapped[key] = torch.zeros_like(expected[key])
-    missing = sorted(set(expected) - set(mapped))
-    unused += sorted(k for k in mapped if k not in expected)
-    wrong_shape = [
-        f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}"
-        for k, v in mapped.items()
-        if k in expected and v.shape != expected[k].shape
-    ]
-    if missing or unused or wrong_shape:
-        raise ValueError(
-            f"{path}: weights do not match the official YOLACT layout: missing {missing}, unused {unused}, "
-            f"wrong shape {wrong_shape}"
-        )
-    return mapped
+    return check_converted_state_dict(mapped, expected, unused, path, "official YOLACT")
 
 
 def _map_key(key: str) -> str | None:
