@@ -191,7 +191,8 @@ class SpeedRun:
         if not images:
             raise ValueError("benchmark needs at least one image")
         for index, image in enumerate(images):
-            if not (isinstance(image, Tensor) and image.dim() == 3 and image.shape[0] == 3 and image.is_floating_point()):
+            valid = isinstance(image, Tensor) and image.dim() == 3 and image.shape[0] == 3 and image.is_floating_point()
+            if not valid:
                 raise ValueError(
                     f"image {index}: expected a float tensor [3,H,W] in 0..1, got "
                     f"{type(image).__name__} {tuple(getattr(image, 'shape', ()))} {getattr(image, 'dtype', '')}"
@@ -621,8 +622,11 @@ def ratios_to_first(records: list[dict[str, Any]]) -> list[dict[str, float | Non
     ]
 
 
+PER_ENTRY_SETTINGS = ("precision", "channels_last", "compile")
+
+
 def compare(
-    entries: Sequence[tuple[str, nn.Module, Sequence[Tensor]]],
+    entries: Sequence[tuple],
     *,
     device: str | torch.device = "cpu",
     precision: str = "32",
@@ -637,18 +641,30 @@ def compare(
     flops_images: int = 5,
 ) -> dict[str, Any]:
     """Benchmark several (name, model, images) alternately in this process: {"runs": [record...], "ratios": [...],
-    "environment": {...}}; ratios are to the first entry. Settings as in `benchmark`."""
+    "environment": {...}}; ratios are to the first entry. Settings as in `benchmark`.
+
+    An entry may carry a 4th element, a dict overriding `precision`, `channels_last` or `compile` for that model
+    alone, e.g. ours in fp16 + channels_last against a reference in fp32 in one alternating run.
+    """
     if not entries:
         raise ValueError("compare needs at least one (name, model, images) entry")
+    common = {"precision": precision, "channels_last": channels_last, "compile": compile}
+    settings = []
+    for entry in entries:
+        overrides = dict(entry[3]) if len(entry) > 3 else {}
+        unknown = set(overrides) - set(PER_ENTRY_SETTINGS)
+        if unknown:
+            raise ValueError(f"entry {entry[0]!r}: per-model settings are {PER_ENTRY_SETTINGS}, got {sorted(unknown)}")
+        settings.append({**common, **overrides})
     load_start = _load_average()
     # FLOPs and params of each model on the device in fp32 with no flag applied yet, before anything is timed.
     complexities = [
-        complexity(model.eval().to(device), list(images)[:flops_images]) for _, model, images in entries
+        complexity(entry[1].eval().to(device), list(entry[2])[:flops_images]) for entry in entries
     ]
     runs = [
-        SpeedRun(model, images, name=name, device=device, precision=precision, batch_size=batch_size,
-                 channels_last=channels_last, compile=compile, cudnn_benchmark=cudnn_benchmark)
-        for name, model, images in entries
+        SpeedRun(entry[1], entry[2], name=entry[0], device=device, batch_size=batch_size,
+                 cudnn_benchmark=cudnn_benchmark, **setting)
+        for entry, setting in zip(entries, settings)
     ]
     try:
         measured = measure(runs, warmup=warmup, iters=iters, breakdown=breakdown, breakdown_iters=breakdown_iters)

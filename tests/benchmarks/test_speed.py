@@ -287,3 +287,13 @@ def test_load_val_images(small_synthetic_root):
     assert all(image.dtype == torch.float32 and image.shape[0] == 3 for image in loaded)
     assert all(0 <= float(image.min()) and float(image.max()) <= 1 for image in loaded)
     assert len(speed.load_val_images(datamodule, 1000)) == len(datamodule.val_dataset)  # 6 val images
+
+
+def test_a_comparison_entry_can_carry_its_own_precision(clock, log):
+    a, b = UnlistedNet(clock, log, "A"), UnlistedNet(clock, log, "B")
+    result = compare([("a", a, images()), ("b", b, images(), {"precision": "bf16"})], warmup=1, iters=2,
+                     flops_images=0)
+    assert [run["precision"] for run in result["runs"]] == ["32", "bf16"]
+    assert set(a.autocast_dtypes) == {None} and set(b.autocast_dtypes) == {torch.bfloat16}
+    with pytest.raises(ValueError, match="per-model settings"):
+        compare([("a", a, images(), {"batch_size": 2})], iters=1, flops_images=0)
