@@ -16,9 +16,13 @@ def test_quickstart_covers_every_model_and_names_unknown_ones():
 
 
 @pytest.mark.slow  # four real architectures, a few steps each: ~2-4 min on 2 cores
-def test_quickstart_end_to_end_on_a_small_dataset(small_synthetic_root, tmp_path, capsys):
+def test_quickstart_end_to_end_on_a_small_dataset(tmp_path, capsys):
+    from datamodules.synthetic import synthetic_root
+
+    # 40 training images: enough masks (~80) for ISTR to fit its 60-component mask codec at setup.
+    root = synthetic_root(num_train=40, num_val=6, image_size=96, seed=0)
     results = tmp_path / "quickstart"
-    shrink = [f"--data.root={small_synthetic_root}", "--data.batch_size=2", "--data.num_workers=0",
+    shrink = [f"--data.root={root}", "--data.batch_size=2", "--data.num_workers=0",
               "--trainer.max_steps=2", "--trainer.val_check_interval=2", "--trainer.enable_progress_bar=false"]
     bench = BenchmarkSettings(warmup=1, iters=2, breakdown=False)
     assert quickstart(results, wandb="off", benchmark=bench, extra_overrides=shrink) == 0
