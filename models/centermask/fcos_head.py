@@ -65,6 +65,7 @@ class FCOSHead(nn.Module):
         self.bbox_pred = nn.Conv2d(channels, 4, 3, padding=1)
         self.ctrness = nn.Conv2d(channels, 1, 3, padding=1)
         self.scales = nn.ModuleList(Scale(1.0) for _ in range(num_levels))
+        self.group_size = channels // norm_groups
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.normal_(module.weight, std=0.01)
@@ -75,7 +76,13 @@ class FCOSHead(nn.Module):
         if len(features) != len(self.scales):
             raise ValueError(f"FCOSHead: {len(features)} levels for {len(self.scales)} scales")
         cls_logits, box_regression, centerness = [], [], []
-        for feature, scale in zip(features, self.scales):
+        for level, (feature, scale) in enumerate(zip(features, self.scales)):
+            if feature.shape[0] * self.group_size * feature.shape[-2] * feature.shape[-1] == 1:
+                # torch's GroupNorm refuses to normalise single values (in any mode), deep inside the tower; say why.
+                raise ValueError(
+                    f"FCOSHead: pyramid level {level} is 1x1 in a batch of one and each GroupNorm group holds one "
+                    "channel, so there is nothing to normalise: use larger inputs (min_size), a larger batch or "
+                    "fewer fcos_norm_groups than channels")
             cls_feature = self.cls_tower(feature)
             box_feature = self.bbox_tower(feature)
             cls_logits.append(self.cls_logits(cls_feature))

@@ -185,6 +185,16 @@ def test_fcos_head_shapes_and_scales():
     torch.testing.assert_close(reg2[0], reg[0])
 
 
+def test_fcos_head_names_a_one_by_one_level_it_cannot_normalise():
+    head = FCOSHead(32, 5, num_levels=2, num_convs=1, norm_groups=32)  # one channel per GroupNorm group
+    features = [torch.randn(1, 32, 2, 2), torch.randn(1, 32, 1, 1)]
+    for mode in (True, False):  # torch's GroupNorm refuses in inference too
+        with pytest.raises(ValueError, match="level 1 is 1x1"):
+            head.train(mode)(features)
+    head([torch.cat([f, f]) for f in features])  # a batch of two gives each group two values: fine
+    FCOSHead(32, 5, num_levels=2, num_convs=1, norm_groups=8)(features)  # four values per group: fine
+
+
 # ------------------------------------------------------------------------------------ the mask branch RoIs
 
 
