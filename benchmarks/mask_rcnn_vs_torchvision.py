@@ -127,12 +127,15 @@ class _StepTimer(L.Callback):
 
 def _lightning_round(model: MaskRCNN, batches: list, device: torch.device) -> list[float]:
     timer = _StepTimer(device)
-    trainer = L.Trainer(
-        accelerator=device.type, devices=1, max_steps=len(batches), logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[timer], limit_val_batches=0,
-    )
-    # The batches are already collated: batch_size=None hands them to the model as they are.
-    trainer.fit(model, train_dataloaders=DataLoader(batches, batch_size=None, shuffle=False))
+    # A throw-away root: the module writes metrics.json at the end of fit, which must not land in the caller's cwd.
+    with tempfile.TemporaryDirectory(prefix="mask_rcnn_vs_torchvision-") as root:
+        trainer = L.Trainer(
+            accelerator=device.type, devices=1, max_steps=len(batches), logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, callbacks=[timer], limit_val_batches=0,
+            default_root_dir=root,
+        )
+        # The batches are already collated: batch_size=None hands them to the model as they are.
+        trainer.fit(model, train_dataloaders=DataLoader(batches, batch_size=None, shuffle=False))
     return timer.times[1:]
 
 
