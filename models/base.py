@@ -58,6 +58,9 @@ class InstanceSegmentationModule(L.LightningModule, ABC):
             the schedule (detectron2's convention), and 0 disables it.
         warmup_factor: learning-rate factor at step 0 of the warm-up.
         evaluate: run the COCO evaluator during validation / test (False: losses only).
+        loss_weights: multipliers of named loss terms in the total, e.g. {"loss_box": 2.0}; terms not named keep
+            weight 1. Each model's own weights (the papers') are already inside its terms: these are for ablations
+            and re-balancing. The logged terms stay unweighted; `train/loss` is the weighted total.
 
     The schedule is stepped after every optimizer step. A non-finite training loss skips that optimizer step (the
     weights and optimizer state stay as they were; counted in `skipped_steps`, logged as `train/skipped_steps`);
@@ -77,8 +80,14 @@ class InstanceSegmentationModule(L.LightningModule, ABC):
         warmup_steps: int = 0,
         warmup_factor: float = 0.001,
         evaluate: bool = True,
+        loss_weights: dict[str, float] | None = None,
     ):
         super().__init__()
+        for name, weight in (loss_weights or {}).items():
+            if not name.startswith("loss_") or not isinstance(weight, (int, float)) or not math.isfinite(weight) \
+                    or weight < 0:
+                raise ValueError(f"loss_weights: expected loss_* names with finite weights >= 0, got {name!r}: "
+                                 f"{weight!r}")
         _check_hyperparameters(
             num_classes, optimizer, lr, momentum, weight_decay, lr_schedule, lr_steps, lr_gamma, warmup_steps,
             warmup_factor,
@@ -182,8 +191,13 @@ class InstanceSegmentationModule(L.LightningModule, ABC):
                     f"{type(self).__name__}.compute_losses must return scalar tensors named loss_*, got {name!r}: "
                     f"{type(value).__name__} {tuple(getattr(value, 'shape', ()))}"
                 )
+        weights = self.hparams.get("loss_weights") or {}
+        unknown = sorted(set(weights) - set(losses))
+        if unknown:
+            raise ValueError(f"loss_weights names {unknown}, which {type(self).__name__} does not compute; its terms "
+                             f"are {sorted(losses)}")
         # Summed in float32 whatever precision autocast computed the terms in.
-        return torch.stack([value.reshape(()).float() for value in losses.values()]).sum()
+        return torch.stack([value.reshape(()).float() * weights.get(name, 1.0) for name, value in losses.items()]).sum()
 
     # ------------------------------------------------------------------------------------------- evaluation
 

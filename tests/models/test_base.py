@@ -105,6 +105,9 @@ def test_no_weight_decay_on_norm_layers_and_biases():
         (dict(warmup_factor=0.0), "warmup_factor"),
         (dict(warmup_steps=-1), "warmup_steps"),
         (dict(momentum=1.0), "momentum"),
+        (dict(loss_weights={"box": 2.0}), "loss_weights: expected loss_"),
+        (dict(loss_weights={"loss_box": -1.0}), "loss_weights: expected loss_"),
+        (dict(loss_weights={"loss_box": float("nan")}), "loss_weights: expected loss_"),
     ],
 )
 def test_bad_hyperparameters_fail_at_construction(kwargs, message):
@@ -145,6 +148,18 @@ def test_compute_losses_in_eval_mode_equals_train_mode(datamodule):
     assert set(eval_losses) == {"loss_cls", "loss_box", "loss_mask"} == set(train_losses)
     for name, value in eval_losses.items():
         assert torch.isfinite(value) and torch.equal(value, train_losses[name]), name
+
+
+def test_loss_weights_scale_their_terms_in_the_total(datamodule):
+    datamodule.setup("validate")
+    images, targets = next(iter(datamodule.val_dataloader()))
+    torch.manual_seed(0)
+    model = TinyInstanceModel(datamodule.num_classes, loss_weights={"loss_box": 3.0, "loss_mask": 0.0})
+    losses = model.compute_losses(images, targets)
+    expected = losses["loss_cls"] + 3.0 * losses["loss_box"]
+    torch.testing.assert_close(model._total_loss(losses), expected)
+    with pytest.raises(ValueError, match=r"loss_weights names \['loss_giou'\].*its terms are \['loss_box'"):
+        TinyInstanceModel(datamodule.num_classes, loss_weights={"loss_giou": 1.0})._total_loss(losses)
 
 
 def test_fit_logs_validation_metrics_and_writes_metrics_json(fitted):
