@@ -1,5 +1,5 @@
 """CenterMask: FCOS targets / losses / detections on hand-built cases, the RoI path, SAG-Mask, MaskIoU targets,
-mode independence, crowd exclusion, the centermask2 converter and the configs."""
+crowd exclusion, the centermask2 converter and the configs."""
 import math
 from pathlib import Path
 
@@ -23,7 +23,7 @@ from models.centermask.mask_losses import mask_crops, maskiou_loss, maskiou_targ
 from models.centermask.mask_rois import foreground_rois
 from models.centermask.maskiou_head import MaskIoUHead
 from models.centermask.sag_mask_head import SAGMaskHead
-from tests.models.test_contract import NUM_CLASSES, TINY_CONFIGS, tiny_batch
+from tests.models.test_contract import NUM_CLASSES, TINY_CONFIGS, frozen_tiny_model, seeded_losses, tiny_batch
 
 CONFIGS = Path(__file__).resolve().parents[2] / "experiments" / "configs"
 # Frozen BatchNorm: nothing in the network depends on train/eval mode, so both modes must agree exactly.
@@ -32,8 +32,7 @@ FROZEN = {**TINY_CONFIGS["centermask"], "norm": "frozen_bn"}
 
 @pytest.fixture(scope="module")
 def frozen_model():
-    torch.manual_seed(0)
-    return CenterMask(num_classes=NUM_CLASSES, **FROZEN)
+    return frozen_tiny_model("centermask")
 
 
 # ------------------------------------------------------------------------------------------ FCOS targets
@@ -292,38 +291,14 @@ def test_maskiou_head_shapes():
 # ------------------------------------------------------------------------------------------------- the model
 
 
-def _seeded_losses(model, images, targets, seed=7):
-    torch.manual_seed(seed)  # the mask branch samples its foreground RoIs at random
-    with torch.no_grad():
-        return model.compute_losses(images, targets)
-
-
-def test_eval_mode_losses_equal_train_mode_losses(frozen_model):
-    images, targets = tiny_batch()
-    train_losses = _seeded_losses(frozen_model.train(), images, targets)
-    eval_losses = _seeded_losses(frozen_model.eval(), images, targets)
-    assert set(train_losses) == {"loss_fcos_cls", "loss_fcos_box", "loss_fcos_ctr", "loss_mask", "loss_maskiou"}
-    torch.testing.assert_close(eval_losses, train_losses, rtol=0, atol=0)
-
-
-def test_inference_is_the_same_in_train_and_eval_mode(frozen_model):
-    images, _ = tiny_batch()
-    with torch.no_grad():
-        in_train = frozen_model.train()(images)
-        in_eval = frozen_model.eval()(images)
-    for a, b in zip(in_train, in_eval):
-        for key in a:
-            assert torch.equal(a[key], b[key]), key
-
-
 def test_crowd_regions_are_excluded_from_training(frozen_model):
     images, targets = tiny_batch()  # instance 2 of image 1 is a crowd region
     first = {k: (v[[0, 1]] if torch.is_tensor(v) and v.shape[:1] == (3,) else v) for k, v in targets[0].items()}
-    with_crowd = _seeded_losses(frozen_model, images, targets)
-    crowd_removed = _seeded_losses(frozen_model, images, [first, targets[1]])
+    with_crowd = seeded_losses(frozen_model, images, targets)
+    crowd_removed = seeded_losses(frozen_model, images, [first, targets[1]])
     torch.testing.assert_close(with_crowd, crowd_removed, rtol=0, atol=0)
     as_instance = [dict(targets[0], iscrowd=torch.zeros(3, dtype=torch.int64))] + targets[1:]
-    assert _seeded_losses(frozen_model, images, as_instance)["loss_fcos_cls"] != with_crowd["loss_fcos_cls"]
+    assert seeded_losses(frozen_model, images, as_instance)["loss_fcos_cls"] != with_crowd["loss_fcos_cls"]
 
 
 def test_mask_scores_are_box_scores_times_predicted_iou(frozen_model):

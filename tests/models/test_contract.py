@@ -101,6 +101,18 @@ def tiny_batch():
     return images, targets
 
 
+# Each architecture's named loss terms (style: losses as named terms, the same in every mode).
+LOSS_TERMS = {
+    "mask_rcnn": {"loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box", "loss_mask"},
+    "centermask": {"loss_fcos_cls", "loss_fcos_box", "loss_fcos_ctr", "loss_mask", "loss_maskiou"},
+    "yolact": {"loss_cls", "loss_box", "loss_mask", "loss_semantic"},
+    "istr": {"loss_cls", "loss_box", "loss_giou", "loss_mask", "loss_dice"},
+}
+# Train and eval mode must agree exactly (rtol, atol = 0), except where torch itself computes differently by mode:
+# nn.MultiheadAttention takes its fused "fast path" in eval mode, which rounds differently (~1e-6 relative).
+MODE_TOLERANCE = {"istr": (1e-5, 1e-3)}
+
+
 @pytest.fixture(params=sorted(MODELS))
 def name(request):
     return request.param
@@ -165,3 +177,38 @@ def test_predict_and_losses_equals_the_two_calls(name):
         for key in ("boxes", "scores", "labels", "masks"):
             torch.testing.assert_close(joint[key], separate[key])
     torch.testing.assert_close(losses, separate_losses)
+
+
+def frozen_tiny_model(name: str):
+    """The tiny model with frozen BatchNorm: nothing left in it depends on train/eval mode."""
+    torch.manual_seed(0)
+    return MODELS[name](num_classes=NUM_CLASSES, **{**TINY_CONFIGS[name], "norm": "frozen_bn"})
+
+
+def seeded_losses(model, images, targets, seed=7):
+    torch.manual_seed(seed)  # the samplers of RPN / RoI / mask branches draw random subsets
+    with torch.no_grad():
+        return model.compute_losses(images, targets)
+
+
+def test_eval_mode_losses_equal_train_mode_losses(name):
+    model = frozen_tiny_model(name)
+    images, targets = tiny_batch()
+    train_losses = seeded_losses(model.train(), images, targets)
+    eval_losses = seeded_losses(model.eval(), images, targets)
+    assert set(train_losses) == LOSS_TERMS[name]
+    rtol, atol = MODE_TOLERANCE.get(name, (0, 0))
+    torch.testing.assert_close(eval_losses, train_losses, rtol=rtol, atol=atol)
+
+
+def test_inference_is_the_same_in_train_and_eval_mode(name):
+    model = frozen_tiny_model(name)
+    images, _ = tiny_batch()
+    with torch.no_grad():
+        in_train = model.train()(images)
+        in_eval = model.eval()(images)
+    rtol, atol = MODE_TOLERANCE.get(name, (0, 0))
+    for a, b in zip(in_train, in_eval):
+        assert set(a) == set(b)
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=rtol, atol=atol, msg=key)

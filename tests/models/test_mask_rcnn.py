@@ -1,4 +1,4 @@
-"""Mask R-CNN: mode-independent losses and inference, crowd exclusion, label shift, torchvision weight conversion."""
+"""Mask R-CNN: crowd exclusion, label shift, torchvision weight conversion (mode independence: test_contract.py)."""
 from pathlib import Path
 
 import pytest
@@ -9,7 +9,7 @@ from torchvision.models.detection import maskrcnn_resnet50_fpn
 from models.mask_rcnn import MaskRCNN
 from models.mask_rcnn.convert import _map_key, convert_torchvision_maskrcnn
 from models.mask_rcnn.targets import training_targets
-from tests.models.test_contract import NUM_CLASSES, TINY_CONFIGS, tiny_batch
+from tests.models.test_contract import NUM_CLASSES, TINY_CONFIGS, frozen_tiny_model, seeded_losses, tiny_batch
 
 # Frozen BatchNorm: nothing in the network depends on train/eval mode, so both modes must agree exactly.
 FROZEN = {**TINY_CONFIGS["mask_rcnn"], "norm": "frozen_bn"}
@@ -17,32 +17,7 @@ FROZEN = {**TINY_CONFIGS["mask_rcnn"], "norm": "frozen_bn"}
 
 @pytest.fixture(scope="module")
 def frozen_model():
-    torch.manual_seed(0)
-    return MaskRCNN(num_classes=NUM_CLASSES, **FROZEN)
-
-
-def _seeded_losses(model, images, targets, seed=7):
-    torch.manual_seed(seed)  # the RPN and RoI samplers draw random subsets
-    with torch.no_grad():
-        return model.compute_losses(images, targets)
-
-
-def test_eval_mode_losses_equal_train_mode_losses(frozen_model):
-    images, targets = tiny_batch()
-    train_losses = _seeded_losses(frozen_model.train(), images, targets)
-    eval_losses = _seeded_losses(frozen_model.eval(), images, targets)
-    assert set(train_losses) == {"loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box", "loss_mask"}
-    torch.testing.assert_close(eval_losses, train_losses, rtol=0, atol=0)
-
-
-def test_inference_is_the_same_in_train_and_eval_mode(frozen_model):
-    images, _ = tiny_batch()
-    with torch.no_grad():
-        in_train = frozen_model.train()(images)
-        in_eval = frozen_model.eval()(images)
-    for a, b in zip(in_train, in_eval):
-        for key in a:
-            assert torch.equal(a[key], b[key]), key
+    return frozen_tiny_model("mask_rcnn")
 
 
 def _without(targets, index_in_first):
@@ -53,12 +28,12 @@ def _without(targets, index_in_first):
 
 def test_crowd_regions_are_excluded_from_training(frozen_model):
     images, targets = tiny_batch()  # instance 2 of image 1 is a crowd region
-    with_crowd = _seeded_losses(frozen_model, images, targets)
-    crowd_removed = _seeded_losses(frozen_model, images, _without(targets, 2))
+    with_crowd = seeded_losses(frozen_model, images, targets)
+    crowd_removed = seeded_losses(frozen_model, images, _without(targets, 2))
     torch.testing.assert_close(with_crowd, crowd_removed, rtol=0, atol=0)
 
     as_instance = [dict(targets[0], iscrowd=torch.zeros(3, dtype=torch.int64))] + targets[1:]
-    counted = _seeded_losses(frozen_model, images, as_instance)
+    counted = seeded_losses(frozen_model, images, as_instance)
     assert counted["loss_rpn_cls"] != with_crowd["loss_rpn_cls"]  # the region would matter if it were kept
 
 
