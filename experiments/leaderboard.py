@@ -335,13 +335,21 @@ def plot(rows: list[Row], path: Path) -> Path | None:
         points = [r for r in rows if r.device == device and r.mean(ACCURACY) is not None and r.mean(SPEED)]
         models = list(dict.fromkeys(r.model for r in points))
         colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
+        log_speeds = [math.log(r.mean(SPEED)) for r in points]
+        middle = (min(log_speeds) + max(log_speeds)) / 2
         for row in points:
             ax.errorbar(row.mean(SPEED), row.mean(ACCURACY), xerr=row.std(SPEED) or 0, yerr=row.std(ACCURACY) or 0,
                         fmt="*" if row.pareto else "o", markersize=12 if row.pareto else 7,
                         color=colours[row.model], capsize=3, label=row.model)
-            text = " ".join(part for part in (row.model, row.backbone, row.setting) if part)
-            ax.annotate(text, (row.mean(SPEED), row.mean(ACCURACY)), textcoords="offset points", xytext=(6, 4),
-                        fontsize=8)
+            # Ablation settings go on a second line, and labels point inwards (right of the points in the left
+            # half, left of them in the right half), so they stay inside the axes; kept out of tight_layout, which
+            # would otherwise shrink the axes to make room for the long ones.
+            text = "\n".join(part for part in (" ".join(filter(None, (row.model, row.backbone))), row.setting) if part)
+            right_half = math.log(row.mean(SPEED)) > middle
+            label = ax.annotate(text, (row.mean(SPEED), row.mean(ACCURACY)), textcoords="offset points",
+                                xytext=(-6, 4) if right_half else (6, 4), ha="right" if right_half else "left",
+                                fontsize=8)
+            label.set_in_layout(False)
         front = sorted((r for r in points if r.pareto), key=lambda r: r.mean(SPEED))
         if front:
             xs = [r.mean(SPEED) for r in front]
@@ -362,7 +370,7 @@ def plot(rows: list[Row], path: Path) -> Path | None:
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    figure.savefig(tmp, dpi=120, bbox_inches="tight")  # "tight": labels of the rightmost points stay in the image
+    figure.savefig(tmp, dpi=120, bbox_inches="tight")
     plt.close(figure)
     os.replace(tmp, path)
     return path
