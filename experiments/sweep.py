@@ -15,7 +15,7 @@ A sweep file:
                                                # applied before the base configs, e.g. one per architecture
     seeds: [0, 1, 2]                           # each setting runs once per seed (default [0])
     baseline: {model.init_args.mask_resolution: 28}   # the ablation view's reference values (default: the
-                                               # first value of every axis)
+                                               # first value of every axis; axes not named are compared within)
     benchmark: {warmup: 10, iters: 100}        # speed protocol settings (experiments.run.BenchmarkSettings)
     slurm: {partition: gpu, time: "24:00:00", gpus_per_node: 8, nodes: 1, cpus_per_task: 8, mem: 0}
 
@@ -156,7 +156,10 @@ def load_sweep(path: str | os.PathLike) -> Sweep:
             raise SweepError(f"{path}: baseline names {axis!r}, which is not a grid axis ({', '.join(grid)})")
         if value not in grid[axis]:
             raise SweepError(f"{path}: baseline {axis}={value!r} is not one of the grid's values {grid[axis]}")
-    baseline = {axis: baseline.get(axis, values[0]) for axis, values in grid.items()}
+    if not baseline:  # none given: the first value of every axis
+        baseline = {axis: values[0] for axis, values in grid.items()}
+    # A baseline naming some axes only is kept so: each setting is compared with the baseline values on those axes
+    # and its own on the others (an architecture x backbone grid: each backbone within its architecture).
     overrides = spec.get("overrides") or {}
     if not isinstance(overrides, dict):
         raise SweepError(f"{path}: overrides must map dotted keys to values")

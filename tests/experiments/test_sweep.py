@@ -205,3 +205,11 @@ def test_shipped_sweeps_load_and_plan():
     cpu_variants = {p.stem.removesuffix("_cpu") for p in files if p.stem.endswith("_cpu")}
     full = {p.stem for p in files if not p.stem.endswith("_cpu")}
     assert full <= cpu_variants  # every sweep has a CPU-sized variant
+
+
+def test_a_baseline_naming_some_axes_keeps_the_others_free(tmp_path, blob_config):
+    grid = {"model.init_args.width": [2, 3], "model.init_args.lr": [0.05, 0.02]}
+    partial = load_sweep(write_sweep(tmp_path, blob_config, grid=grid, baseline={"model.init_args.width": 3}))
+    assert partial.baseline == {"model.init_args.width": 3}  # lr is compared within: no lr is "the" reference
+    whole = load_sweep(write_sweep(tmp_path, blob_config, grid=grid, baseline={}))
+    assert whole.baseline == {"model.init_args.width": 2, "model.init_args.lr": 0.05}
