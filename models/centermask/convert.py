@@ -38,7 +38,12 @@ from timm.models.vovnet import model_cfgs
 from torch import Tensor
 
 from models.centermask.model import CenterMask
-from models.common.checkpoint import check_converted_state_dict, save_converted_checkpoint
+from models.common.checkpoint import (
+    check_converted_state_dict,
+    read_state_dict,
+    rename_key,
+    save_converted_checkpoint,
+)
 from models.common.vovnet import official_key
 
 # detectron2's default input convention (cfg.MODEL.PIXEL_MEAN / PIXEL_STD, INPUT.FORMAT "BGR"), which the
@@ -74,7 +79,9 @@ def convert_centermask2(in_path: str, out_path: str) -> str:
 
     Raises ValueError naming the file when the weights are not a convertible CenterMask.
     """
-    state = _read_state_dict(in_path)
+    state = read_state_dict(
+        in_path, "a detectron2 checkpoint with a state dict of tensors under 'model'",
+        hint="; a detectron2 training checkpoint with optimizer state may need its 'model' entry saved on its own first")
     model = CenterMask(**official_settings(state, in_path))
     model.load_state_dict(map_state_dict(state, model.state_dict(), in_path), strict=True)
     return save_converted_checkpoint(model, out_path, "models.centermask.CenterMask")
@@ -144,11 +151,7 @@ def map_key(key: str) -> str | None:
     if key.startswith(_BACKBONE):
         inner = official_key(key[len(_BACKBONE):])
         return None if inner is None else f"backbone.body.{inner}"
-    for pattern, rewrite in _PATTERNS:
-        match = pattern.match(key)
-        if match:
-            return rewrite(match)
-    return None
+    return rename_key(key, _PATTERNS)
 
 
 def _vovnet_config(state: dict[str, Tensor], path: str) -> str:
@@ -186,19 +189,3 @@ def _statistic(state: dict[str, Tensor], key: str, default: list[float]) -> list
     if len(values) != 3:
         raise ValueError(f"{key} must hold 3 values, got {values}")
     return [float(v) / 255.0 for v in values]
-
-
-def _read_state_dict(path: str) -> dict[str, Tensor]:
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as error:  # torch raises several types for a file it cannot read safely
-        raise ValueError(
-            f"{path}: cannot be read as a weights-only torch file ({error}); a detectron2 training checkpoint with "
-            "optimizer state may need its 'model' entry saved on its own first".replace("\n", " ")
-        ) from error
-    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict) or not state or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"{path}: expected a detectron2 checkpoint with a state dict of tensors under 'model'")
-    return state

@@ -1,8 +1,11 @@
-"""Writing a converted model as a Lightning checkpoint — shared by every architecture's `convert.py`."""
+"""What every architecture's `convert.py` shares: reading a foreign weights file, renaming its keys by a pattern
+table, checking the result against the model, and writing it as a Lightning checkpoint."""
 from __future__ import annotations
 
 import os
+import re
 import tempfile
+from typing import Callable
 
 import lightning
 import torch
@@ -61,3 +64,35 @@ def check_converted_state_dict(
         raise ValueError(f"{path}: weights do not match the {layout} layout: missing {missing}, unused {unused}, "
                          f"wrong shape {wrong_shape}")
     return mapped
+
+
+def read_state_dict(path: str, expected: str, under_model: bool = True, hint: str = "") -> dict[str, torch.Tensor]:
+    """The tensors of a foreign weights file, loaded weights-only (no pickled code runs): the file itself as a state
+    dict or, when `under_model`, the state dict under its "model" entry (detectron2's layout). A missing file raises
+    FileNotFoundError; anything else unreadable or not a non-empty dict of tensors is a ValueError naming the file
+    and what was `expected`; `hint` is added to the unreadable-file message."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # torch raises several types for a file it cannot read safely
+        raise ValueError(f"{path}: cannot be read as a weights-only torch file ({error}){hint}".replace("\n", " ")) \
+            from error
+    state = checkpoint
+    if under_model and isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
+        state = checkpoint["model"]
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: expected {expected}")
+    return state
+
+
+KeyPatterns = list[tuple[re.Pattern, Callable[[re.Match], str]]]
+
+
+def rename_key(key: str, patterns: KeyPatterns) -> str | None:
+    """`key` rewritten by the first pattern of the table that matches it, None when none does."""
+    for pattern, rewrite in patterns:
+        match = pattern.match(key)
+        if match:
+            return rewrite(match)
+    return None

@@ -29,7 +29,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from models.common.checkpoint import check_converted_state_dict, save_converted_checkpoint
+from models.common.checkpoint import (
+    check_converted_state_dict,
+    read_state_dict,
+    rename_key,
+    save_converted_checkpoint,
+)
 from models.istr.model import ISTR
 
 RESNET_BLOCKS = {(2, 2, 2, 2): "resnet18", (3, 4, 6, 3): "resnet34/50", (3, 4, 23, 3): "resnet101"}
@@ -59,7 +64,7 @@ def convert_istr_official(in_path: str, out_path: str) -> str:
 
     Returns `out_path`; raises ValueError naming the file when the weights do not map.
     """
-    state = _read_state_dict(in_path)
+    state = read_state_dict(in_path, "a detectron2 checkpoint with the weights under 'model' (or a state dict)")
     model = ISTR(**official_settings(state, in_path))
     mapped = map_state_dict(state, model.state_dict(), in_path)
     model.load_state_dict(mapped, strict=True)
@@ -136,7 +141,7 @@ def map_state_dict(state: dict[str, Tensor], expected: dict[str, Tensor], path: 
     """Official keys -> maskbench keys; every model tensor filled, every official key used."""
     mapped, unused = {}, []
     for key, value in state.items():
-        new_key = _map_key(key)
+        new_key = rename_key(key, _PATTERNS)
         if new_key is None:
             unused.append(key)
             continue
@@ -147,22 +152,3 @@ def map_state_dict(state: dict[str, Tensor], expected: dict[str, Tensor], path: 
         # The official file keeps no total variance, so the explained share is unknown.
         mapped["codec.explained_variance_ratio"] = torch.zeros_like(variance)
     return check_converted_state_dict(mapped, expected, unused, path, "official ISTR V1")
-
-
-def _map_key(key: str) -> str | None:
-    for pattern, rewrite in _PATTERNS:
-        match = pattern.match(key)
-        if match:
-            return rewrite(match)
-    return None
-
-
-def _read_state_dict(path: str) -> dict[str, Tensor]:
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for a file it cannot read safely
-        raise ValueError(f"{path}: cannot be read as a weights-only torch file ({error})".replace("\n", " ")) from error
-    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"{path}: expected a detectron2 checkpoint with the weights under 'model' (or a state dict)")
-    return state

@@ -27,11 +27,9 @@ from __future__ import annotations
 
 import re
 
-import torch
-from torch import Tensor
 from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights
 
-from models.common.checkpoint import save_converted_checkpoint
+from models.common.checkpoint import read_state_dict, save_converted_checkpoint
 from models.mask_rcnn.model import MaskRCNN
 
 # MaskRCNN settings equal to torchvision's maskrcnn_resnet50_fpn defaults (with pretrained weights).
@@ -92,7 +90,7 @@ def convert_torchvision_maskrcnn(in_path: str, out_path: str, num_classes: int |
     `in_path` holds a state dict, raw or as {"model": state_dict} (torchvision's reference training). Returns
     `out_path`. Raises ValueError (naming the file) on an unreadable layout or keys that do not all map.
     """
-    state = _read_state_dict(in_path)
+    state = read_state_dict(in_path, "a state dict of tensors (or {'model': state_dict})")
     cls_key = "roi_heads.box_predictor.cls_score.weight"
     if cls_key not in state:
         raise ValueError(f"{in_path}: no {cls_key!r}: not a torchvision Mask R-CNN state dict")
@@ -128,17 +126,6 @@ def convert_torchvision_maskrcnn(in_path: str, out_path: str, num_classes: int |
     return save_converted_checkpoint(model, out_path, "models.mask_rcnn.MaskRCNN")
 
 
-def _read_state_dict(path: str) -> dict[str, Tensor]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for a file it cannot read safely
-        raise ValueError(f"{path}: cannot be read as a weights-only torch file ({error})".replace("\n", " ")) from error
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"{path}: expected a state dict of tensors (or {{'model': state_dict}})")
-    return state
-
 
 def _kept_classes(path: str, torchvision_classes: int, num_classes: int | None) -> list[int]:
     """torchvision class indices to keep, background (0) first."""
@@ -165,4 +152,3 @@ def _map_key(key: str) -> str | None:
         if key.startswith(old):
             return new + key[len(old):]
     return None
-

@@ -26,10 +26,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from models.common.checkpoint import check_converted_state_dict, save_converted_checkpoint
+from models.common.checkpoint import (
+    check_converted_state_dict,
+    read_state_dict,
+    rename_key,
+    save_converted_checkpoint,
+)
 from models.yolact.model import RESNET_MEAN, RESNET_STD, YOLACT
 
 OFFICIAL_SCALES = [24, 48, 96, 192, 384]  # at 550 px
@@ -63,7 +67,7 @@ def convert_yolact_official(in_path: str, out_path: str, input_size: int = 550) 
     `input_size` is the square input the weights were trained at (550; 700 for yolact_im700, 400 for im400).
     Returns `out_path`; raises ValueError naming the file when the weights do not map.
     """
-    state = _read_state_dict(in_path)
+    state = read_state_dict(in_path, "a raw state dict of tensors (the official YOLACT format)", under_model=False)
     settings = official_settings(state, in_path, input_size)
     model = YOLACT(**settings)
     model.load_state_dict(map_state_dict(state, model.state_dict(), in_path), strict=True)
@@ -115,29 +119,10 @@ def map_state_dict(state: dict[str, Tensor], expected: dict[str, Tensor], path: 
     """Official keys -> maskbench keys; every model tensor filled, every official key used or tolerated."""
     mapped, unused = {}, []
     for key, value in state.items():
-        new_key = _map_key(key)
+        new_key = rename_key(key, _PATTERNS)
         if new_key is None:
             if not _TOLERATED.match(key):
                 unused.append(key)
             continue
         mapped[new_key] = value
     return check_converted_state_dict(mapped, expected, unused, path, "official YOLACT")
-
-
-def _map_key(key: str) -> str | None:
-    for pattern, rewrite in _PATTERNS:
-        match = pattern.match(key)
-        if match:
-            return rewrite(match)
-    return None
-
-
-def _read_state_dict(path: str) -> dict[str, Tensor]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for a file it cannot read safely
-        raise ValueError(f"{path}: cannot be read as a weights-only torch file ({error})".replace("\n", " ")) from error
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"{path}: expected a raw state dict of tensors (the official YOLACT format)")
-    return state
-
