@@ -115,7 +115,7 @@ def run_names(configs: list[str]) -> list[str]:
 
 def run_bench(args) -> int:
     from benchmarks.speed import compare, load_val_images
-    from models.base import write_json_atomic
+    from models.common.files import write_json_atomic
 
     try:
         if args.ckpt_path and len(args.ckpt_path) != len(args.config):

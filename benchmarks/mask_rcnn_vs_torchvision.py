@@ -33,6 +33,7 @@ from torchvision.models.detection import MaskRCNN as TorchvisionMaskRCNN
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from models.common.files import write_json_atomic
 from models.mask_rcnn import MaskRCNN
 from models.mask_rcnn.convert import convert_torchvision_maskrcnn
 from models.mask_rcnn.targets import training_targets
@@ -220,11 +221,7 @@ def main() -> None:
             result["training"] = benchmark_training(args, device, workdir)
             print(json.dumps(result["training"], indent=2), flush=True)
     if args.out:
-        directory = os.path.dirname(os.path.abspath(args.out))
-        handle, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-        with os.fdopen(handle, "w") as file:
-            json.dump(result, file, indent=2)
-        os.replace(tmp, args.out)
+        write_json_atomic(args.out, result, sort_keys=False)
 
 
 if __name__ == "__main__":

@@ -75,6 +75,7 @@ from torchvision.io import ImageReadMode, read_image
 
 import models.yolact.postprocess as our_postprocess
 from datamodules.synthetic import synthetic_root
+from models.common.files import write_json_atomic
 from models.yolact import YOLACT
 from models.yolact.convert import convert_yolact_official
 
@@ -497,11 +498,7 @@ def main(argv: list[str] | None = None) -> None:
     result = run(args)
     print(json.dumps(result, indent=2))
     if args.out:
-        directory = os.path.dirname(os.path.abspath(args.out))
-        handle, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-        with os.fdopen(handle, "w") as file:
-            json.dump(result, file, indent=2)
-        os.replace(tmp, args.out)
+        write_json_atomic(args.out, result, sort_keys=False)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from models.common.files import atomic_path, write_text_atomic
+
 DEFAULT_REPORT_COMPONENTS = [8, 16, 32, 60, 128]
 
 
@@ -148,7 +150,7 @@ def write_report(args: argparse.Namespace, fit, datamodule, workers: int, source
     table = "\n".join(lines) + "\n"
     stem = Path(args.out)
     markdown, figure = stem.with_suffix(".report.md"), stem.with_suffix(".report.png")
-    _write_text_atomic(markdown, table)
+    write_text_atomic(markdown, table)
     _plot(usable, ious, ratios, figure, args.mask_size)
     print(table)
     print(f"wrote {markdown} and {figure}")
@@ -172,14 +174,7 @@ def _plot(components: list[int], ious: dict[int, float], ratios: dict[int, float
     axis.legend(loc="lower right")
     axis.set_title(f"ISTR mask codec, {mask_size}x{mask_size} masks")
     figure.tight_layout()
-    tmp = path.with_name(f".tmp-{path.name}")
-    figure.savefig(tmp, format="png", dpi=120)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=120)
     plt.close(figure)
-    tmp.replace(path)
 
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(text)
-    tmp.replace(path)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from experiments import results as store
+from models.common.files import atomic_path, write_text_atomic
 
 # (column, how to read it from a record); AP as percentages.
 METRICS: list[tuple[str, Callable[[dict], float | None]]] = [
@@ -368,11 +369,9 @@ def plot(rows: list[Row], path: Path) -> Path | None:
         unique = dict(zip(labels, handles))
         ax.legend(unique.values(), unique.keys(), fontsize=8, loc="best")
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    figure.savefig(tmp, dpi=120, bbox_inches="tight")
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     plt.close(figure)
-    os.replace(tmp, path)
     return path
 
 
@@ -393,21 +392,14 @@ def write_leaderboard(results: Sequence[str | os.PathLike], out_dir: str | os.Pa
     if failed:
         parts.append(failed)
     text = "\n\n".join(parts) + "\n"
-    _write_text(out_dir / "leaderboard.md", text)
-    _write_text(out_dir / "leaderboard.csv", leaderboard_csv(rows))
+    write_text_atomic(out_dir / "leaderboard.md", text)
+    write_text_atomic(out_dir / "leaderboard.csv", leaderboard_csv(rows))
     if ablation:
-        _write_text(out_dir / "ablation.csv", ablation_csv(ablation))
+        write_text_atomic(out_dir / "ablation.csv", ablation_csv(ablation))
     png = plot(rows, out_dir / "ap_vs_fps.png")
     if wandb != "off" and os.environ.get("WANDB_MODE") != "disabled":
         log_to_wandb(rows, png, out_dir, wandb)
     return text
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def log_to_wandb(rows: list[Row], png: Path | None, out_dir: Path, mode: str) -> None:

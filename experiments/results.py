@@ -143,7 +143,7 @@ def run_dir(results_dir: str | os.PathLike, run_id: str) -> Path:
 
 def write_record(results_dir: str | os.PathLike, record: dict[str, Any]) -> Path:
     """Validate and write `record` atomically (temporary file + rename): a crash leaves the old file or none."""
-    from models.base import write_json_atomic  # the project's one atomic JSON writer
+    from models.common.files import write_json_atomic  # the project's one atomic writer
 
     check_record(record, where=f"record of run {record.get('run_id')!r}")
     path = record_path(results_dir, record["run_id"])

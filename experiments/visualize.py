@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import colorsys
 import json
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,6 +20,8 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 from torchvision.io import write_png
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
+
+from models.common.files import atomic_path
 
 GAP = 4  # px of white between the two panels
 MASK_ALPHA = 0.45
@@ -104,9 +105,8 @@ class PredictionOverlayWriter(Callback):
             image_id = int(image_id) if isinstance(image_id, (int, Tensor)) else image_id
             stem = f"{image_id:012d}" if isinstance(image_id, int) else str(image_id)
             path = self.out_dir / f"{stem}.png"
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            write_png(picture, str(tmp))
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                write_png(picture, str(tmp))
             self.written.append(path)
 
 

@@ -16,12 +16,8 @@ Gradient clipping is not a model hyper-parameter: use Lightning's `Trainer(gradi
 (`--trainer.gradient_clip_val` on the CLI).
 """
 import bisect
-import contextlib
-import json
 import logging
 import math
-import os
-import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +27,8 @@ import lightning as L
 import torch
 from timm.optim import param_groups_weight_decay
 from torch import Tensor
+
+from models.common.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -383,21 +381,3 @@ def _check_hyperparameters(
 def _json_number(value: float) -> float | None:
     """Strict JSON has no NaN / Infinity: a non-finite value (e.g. a diverged loss) is written as null."""
     return value if math.isfinite(value) else None
-
-
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write JSON to a temporary file beside `path`, then rename it over `path`: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # open(..., "x") rather than tempfile.mkstemp: the file gets the umask's permissions, not mkstemp's 0600.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "x") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

@@ -2,14 +2,14 @@
 table, checking the result against the model, and writing it as a Lightning checkpoint."""
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from typing import Callable
 
 import lightning
 import torch
 from lightning import LightningModule
+
+from models.common.files import atomic_path
 
 
 def save_converted_checkpoint(model: LightningModule, out_path: str, class_path: str) -> str:
@@ -31,17 +31,8 @@ def save_converted_checkpoint(model: LightningModule, out_path: str, class_path:
         "epoch": 0,
         "global_step": 0,
     }
-    directory = os.path.dirname(os.path.abspath(out_path))
-    os.makedirs(directory, exist_ok=True)
-    # Written next to the destination and renamed, so a killed conversion never leaves a truncated checkpoint.
-    handle, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".ckpt")
-    os.close(handle)
-    try:
-        torch.save(checkpoint, tmp_path)
-        os.replace(tmp_path, out_path)
-    except BaseException:
-        os.unlink(tmp_path)
-        raise
+    with atomic_path(out_path) as tmp:  # a killed conversion never leaves a truncated checkpoint
+        torch.save(checkpoint, tmp)
     return out_path
 
 

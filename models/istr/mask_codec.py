@@ -23,7 +23,6 @@ mean, explained variance (and its ratio), K, M, the number of masks and the data
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -32,6 +31,7 @@ import torch
 from scipy.fft import dct
 from torch import Tensor, nn
 
+from models.common.files import atomic_path
 from models.common.masks import crop_and_resize_masks
 
 CODEC_KINDS = ("pca", "dct")
@@ -312,16 +312,8 @@ class PCAMaskCodec(nn.Module):
             "source": dict(self.source),
         }
         path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        handle, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".pt")
-        os.close(handle)
-        try:
-            torch.save(record, tmp_path)
-            os.replace(tmp_path, path)
-        except BaseException:
-            os.unlink(tmp_path)
-            raise
+        with atomic_path(path) as tmp:
+            torch.save(record, tmp)
         return path
 
     def load_file(self, path: str | os.PathLike) -> None:

@@ -2,7 +2,6 @@
 a short real fit with evaluation and metrics.json, checkpoints, and the step-skip under 2-process DDP."""
 import json
 import math
-import os
 from pathlib import Path
 
 import lightning as L
@@ -13,7 +12,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from datamodules.coco import CocoDataModule
 from datamodules.evaluation import CocoEvaluator
-from models.base import InstanceSegmentationModule, write_json_atomic
+from models.base import InstanceSegmentationModule
 from tests.models.tiny_model import TinyInstanceModel
 
 
@@ -209,27 +208,6 @@ def test_metrics_json_keeps_full_precision(datamodule, tmp_path, monkeypatch):
     record = json.loads((tmp_path / "metrics.json").read_text())
     assert record["val/segm_AP"] == 1 / 3 and record["val/bbox_ARl"] == 1 / 3
     assert float(trainer.callback_metrics["val/segm_AP"]) == pytest.approx(1 / 3, rel=1e-6)
-
-
-def test_write_json_atomic_never_leaves_half_a_file(tmp_path, monkeypatch):
-    target = tmp_path / "metrics.json"
-    write_json_atomic(target, {"val/segm_AP": 0.5})
-    assert target.stat().st_mode & 0o777 == 0o666 & ~_umask()  # the umask's permissions, not mkstemp's 0600
-
-    def broken_dump(*args, **kwargs):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(json, "dump", broken_dump)
-    with pytest.raises(OSError, match="disk full"):
-        write_json_atomic(target, {"val/segm_AP": 0.7})
-    assert json.loads(target.read_text()) == {"val/segm_AP": 0.5}
-    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
 
 
 def test_checkpoint_round_trip_and_test_stage(fitted, datamodule, tmp_path):
