@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from experiments import results as store
-from models.common.files import atomic_path, write_text_atomic
 
 # (column, how to read it from a record); AP as percentages.
 METRICS: list[tuple[str, Callable[[dict], float | None]]] = [
@@ -369,6 +368,8 @@ def plot(rows: list[Row], path: Path) -> Path | None:
         unique = dict(zip(labels, handles))
         ax.legend(unique.values(), unique.keys(), fontsize=8, loc="best")
     figure.tight_layout()
+    from models.common.files import atomic_path  # not at the top: importing `models` loads torch and every model
+
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     plt.close(figure)
@@ -392,6 +393,8 @@ def write_leaderboard(results: Sequence[str | os.PathLike], out_dir: str | os.Pa
     if failed:
         parts.append(failed)
     text = "\n\n".join(parts) + "\n"
+    from models.common.files import write_text_atomic  # not at the top: importing `models` loads torch
+
     write_text_atomic(out_dir / "leaderboard.md", text)
     write_text_atomic(out_dir / "leaderboard.csv", leaderboard_csv(rows))
     if ablation:
