@@ -33,7 +33,6 @@ import math
 import re
 from typing import Any
 
-import torch
 from timm.models.vovnet import model_cfgs
 from torch import Tensor
 
