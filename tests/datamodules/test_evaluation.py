@@ -6,6 +6,7 @@ detections, image ids that are not indices. The reference is COCOeval run the cl
 """
 import contextlib
 import copy
+import gc
 import io
 import json
 import os
@@ -284,6 +285,34 @@ def test_ground_truth_is_cached_and_reloaded_when_the_file_changes(tmp_path):
         json.dump(dataset, f)
     os.utime(ann_file, ns=(os.stat(ann_file).st_atime_ns, os.stat(ann_file).st_mtime_ns + 10**9))
     assert 1 in load_ground_truth(ann_file).imgs
+
+
+def test_evaluation_pauses_the_garbage_collector_and_leaves_it_as_found(coco_fixture, reference, monkeypatch):
+    import datamodules.evaluation as evaluation
+
+    ann_file, preds, targets = coco_fixture
+    records = results_records(preds, targets)
+    collector_enabled = []
+    run_cocoeval = evaluation._run_cocoeval
+
+    def spy(*args, **kwargs):
+        collector_enabled.append(gc.isenabled())
+        return run_cocoeval(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "_run_cocoeval", spy)
+    assert gc.isenabled()
+    assert _metric_result(ann_file, [(preds, targets)], "auto") == reference
+    assert evaluate_results_file(ann_file, copy.deepcopy(records)) == reference
+    assert collector_enabled == [False, False] and gc.isenabled()
+    with pytest.raises(DatasetError, match="record 0"):  # a failed evaluation turns it back on too
+        evaluate_results_file(ann_file, [dict(records[0], score=float("nan"))])
+    assert gc.isenabled()
+    gc.disable()  # a caller that turned it off keeps it off
+    try:
+        evaluate_results_file(ann_file, copy.deepcopy(records))
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def test_backend_resolution():
