@@ -34,12 +34,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from pycocotools import mask as mask_utils
 from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
 from datamodules.coco import DatasetError
+from datamodules.mask_rle import encode_masks
 
 IOU_TYPES = ("bbox", "segm")
 BACKENDS = ("auto", "pycocotools", "faster_coco_eval", "faster_coco_eval_exact")
@@ -301,37 +301,6 @@ def _non_ignored_ground_truth(coco_gt, params) -> np.ndarray:
             if low <= ann["area"] <= high:
                 counts[k, a] += 1
     return counts
-
-
-def encode_masks(masks: np.ndarray) -> list[bytes]:
-    """uint8 [K,H,W] 0/1 masks (any memory layout) -> K COCO compressed-RLE counts strings, identical to
-    `pycocotools.mask.encode` of the same masks.
-
-    pycocotools encodes column-major masks ([H,W,K] Fortran order), and transposing a model's row-major masks
-    costs several times the encoding itself. So each mask is encoded over the strip of columns it occupies (full
-    height: a copy of that strip only), and the empty columns left and right of it are added to the strip's first
-    and last zero runs: the same runs, hence the same string, as encoding the whole mask. The strip's runs are read
-    back and the string re-made with faster-coco-eval's RLE conversions (C++).
-    """
-    from faster_coco_eval import mask_api_new_cpp as rle_api
-
-    count, height, width = masks.shape
-    columns = masks.max(axis=1)  # [K, W]: 1 where the column holds a pixel of the mask
-    occupied = np.flatnonzero(columns.any(axis=1)).tolist()
-    first = columns.argmax(axis=1).tolist()
-    end = (width - columns[:, ::-1].argmax(axis=1)).tolist()
-    strips = [mask_utils.encode(np.asfortranarray(masks[k, :, first[k]:end[k], None]))[0] for k in occupied]
-    uncompressed = [{"size": [height, width], "counts": [height * width]} for _ in range(count)]  # empty masks
-    for k, strip in zip(occupied, rle_api.toUncompressedRLE(strips) if strips else []):
-        runs = strip["counts"]  # alternating zero / one runs of the strip, column-major, starting with zeros
-        runs[0] += first[k] * height
-        right = (width - end[k]) * height
-        if right and len(runs) % 2:  # the strip ends with a zero run: extend it
-            runs[-1] += right
-        elif right:
-            runs.append(right)
-        uncompressed[k]["counts"] = runs
-    return [rle["counts"] for rle in rle_api.frUncompressedRLE(uncompressed)]
 
 
 class CocoEvaluator(Metric):

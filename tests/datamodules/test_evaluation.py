@@ -408,25 +408,3 @@ def test_exact_engine_reproduces_pycocotools_arrays(tmp_path, seed):
         for key in ("precision", "recall", "scores"):
             assert np.array_equal(ours.eval[key], reference.eval[key]), (iou_type, key)
         assert ours.stats.tolist() == reference.stats.tolist()
-
-
-def test_mask_encoding_equals_pycocotools():
-    """encode_masks (column strips) gives pycocotools' strings for masks touching every border, empty and full
-    masks, gaps between columns, one-pixel images, and non-contiguous layouts."""
-    from datamodules.evaluation import encode_masks
-
-    rng = np.random.default_rng(0)
-    cases = [rng.random((6, 37, 53)) < 0.3, np.zeros((2, 20, 30), bool), np.ones((2, 20, 30), bool),
-             rng.random((3, 1, 17)) < 0.5, rng.random((3, 17, 1)) < 0.5]
-    shapes = np.zeros((8, 40, 60), bool)
-    shapes[0, 5:9, 0:4] = True  # left border
-    shapes[1, 30:40, 55:60] = True  # bottom-right corner
-    shapes[2, 0, 0] = shapes[2, 39, 59] = True  # two single pixels, far apart
-    shapes[3, :, 10:12] = True  # full-height columns: the run crosses column boundaries
-    shapes[4, 10:20, 5:8] = shapes[4, 2:4, 40:50] = True  # empty columns inside the strip
-    shapes[5, 39, :] = True  # last row: one-pixel runs in every column
-    shapes[6, :, 0] = shapes[6, :, 59] = True  # first and last column only
-    cases += [shapes, np.ascontiguousarray(shapes.transpose(0, 2, 1)).transpose(0, 2, 1)]  # C and Fortran layouts
-    for masks in cases:
-        expected = [rle["counts"] for rle in mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0), np.uint8))]
-        assert encode_masks(masks.astype(np.uint8)) == expected
