@@ -10,8 +10,9 @@ YAML files of one model joined by commas (A.yaml,overrides.yaml: later files win
 CLI, data.num_classes linked into the model); --ckpt_path (once per config, in the same order) loads trained
 weights into it. The inputs are the first --images val images of each config's dataset.
 --data-config adds a data config to every model (e.g. experiments/configs/data/coco2017.yaml); --set passes
-a Lightning CLI override to every model, e.g. --set model.init_args.pretrained=false to build a paper config
-without its ImageNet weights, which do not change the speed.
+a Lightning CLI override to every model, e.g. --set model.init_args.pretrained=false
+--set model.init_args.pretrained_path=null to build paper configs without their ImageNet weights, which do not
+change the speed (the VoVNet configs name a weights file, and a file with pretrained=false is an error).
 
 Several --config run alternately (A B A B ... call by call, in one process) and the table adds each one's ratios
 to the first. --out writes the JSON (one record for one config; {"runs", "ratios", "environment"} for several).
