@@ -108,10 +108,16 @@ def load_weights(model, ckpt_path: str) -> None:
 
 
 def run_names(configs: list[str]) -> list[str]:
-    """Config file stems ("r50_550", the first file's of a comma-joined config), or the whole arguments where two
-    stems collide."""
-    stems = [Path(config.split(",")[0]).stem for config in configs]
-    return stems if len(set(stems)) == len(stems) else list(configs)
+    """The shortest path tails that tell the configs apart: file stems ("r50_550"; a comma-joined config's first
+    file), with parent folders added while two collide ("centermask/r50_3x", "istr/r50_3x"); a config given twice
+    (two checkpoints of one model) is numbered ("r50_550 #2")."""
+    paths = [Path(config.split(",")[0]).with_suffix("") for config in configs]
+    for depth in range(1, max(len(path.parts) for path in paths) + 1):
+        names = ["/".join(path.parts[-depth:]) for path in paths]
+        if len(set(names)) == len(names):
+            return names
+    names = [Path(config.split(",")[0]).stem for config in configs]
+    return [name if names.index(name) == i else f"{name} #{names[:i + 1].count(name)}" for i, name in enumerate(names)]
 
 
 def run_bench(args) -> int:
@@ -159,7 +165,8 @@ def format_table(result: dict) -> str:
         f"{first['flags']['iters']} timed calls; flags channels_last={first['flags']['channels_last']} "
         f"compile={first['flags']['compile']} cudnn_benchmark={first['flags']['cudnn_benchmark']}"
     )
-    header = (f"{'name':<16} {'input':>9} {'dets':>5} {'FPS':>7} {'FPS mdl':>7} {'p50 ms':>8} {'p90 ms':>8} "
+    width = max(16, *(len(record["name"]) for record in result["runs"]))
+    header = (f"{'name':<{width}} {'input':>9} {'dets':>5} {'FPS':>7} {'FPS mdl':>7} {'p50 ms':>8} {'p90 ms':>8} "
               f"{'bb+neck':>8} {'heads':>7} {'post':>7} {'params M':>8} {'GFLOPs':>8} {'mem MB':>7}")
     several = len(result["runs"]) > 1
     if several:
@@ -168,7 +175,7 @@ def format_table(result: dict) -> str:
     for record, ratio in zip(result["runs"], result["ratios"]):
         stages = record["stages_ms"] or {}
         row = (
-            f"{record['name'][:16]:<16} {'x'.join(map(str, record['input_size'])):>9} "
+            f"{record['name']:<{width}} {'x'.join(map(str, record['input_size'])):>9} "
             f"{_fmt(record['detections_per_image'], '5.1f'):>5} {record['fps']:7.2f} "
             f"{_fmt(record['fps_model'], '7.2f'):>7} {record['latency_ms']['p50']:8.1f} "
             f"{record['latency_ms']['p90']:8.1f} {_fmt(stages.get('backbone_neck'), '8.1f'):>8} "
@@ -183,6 +190,11 @@ def format_table(result: dict) -> str:
     lines.append("dets: detections per image (warm-up calls); stages: medians of the breakdown pass (ms); post = "
                  "everything outside the listed stage modules (NMS, decoding, mask assembly and pasting); "
                  "GFLOPs: 2 per multiply-add")
+    for record in result["runs"]:
+        if record["detections_per_image"] == 0:  # untrained weights below the score threshold, typically
+            lines.append(f"warning: {record['name']} made no detections, so its per-detection work (mask head, "
+                         "pasting) is not in its time; compare trained weights (--ckpt_path) or lower its score "
+                         "threshold")
     return "\n".join(lines)
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-from benchmarks.bench_cli import build_from_config, cli_arguments, BenchError
+from benchmarks.bench_cli import BenchError, build_from_config, cli_arguments, run_names
 from experiments.cli import main
 from tests.models.test_contract import TINY_CONFIGS
 
@@ -85,3 +85,22 @@ def test_bad_checkpoint_and_override_are_one_line_errors(tiny_config, tmp_path, 
         cli_arguments("a.yaml", None, ["model.init_args.lr"])
     assert cli_arguments("a.yaml", "d.yaml", ["trainer.devices=1"]) == [
         "fit", "--config", "a.yaml", "--config", "d.yaml", "--trainer.devices", "1"]
+
+
+def test_run_names_tell_configs_apart():
+    assert run_names(["configs/yolact/r50_550.yaml", "configs/mask_rcnn/r50_fpn.yaml"]) == ["r50_550", "r50_fpn"]
+    # same stems in different folders: the folder is added to every name, as far as needed
+    assert run_names(["c/centermask/r50_3x.yaml", "c/istr/r50_3x.yaml,over.yaml", "c/yolact/r50_550.yaml"]) == [
+        "centermask/r50_3x", "istr/r50_3x", "yolact/r50_550"]
+    # one config twice (two checkpoints): numbered
+    assert run_names(["a/r50.yaml", "a/r50.yaml", "a/r50.yaml"]) == ["r50", "r50 #2", "r50 #3"]
+
+
+def test_a_model_without_detections_is_flagged(tiny_config, capsys):
+    """Untrained weights below the score threshold skip the mask head and pasting: the table says so."""
+    config = tiny_config("yolact")
+    bench = ["bench", "--config", config, *FAST, "--no-breakdown", "--set"]
+    assert main([*bench, "model.init_args.score_thresh=1.01"]) == 0
+    assert "warning: yolact made no detections" in capsys.readouterr().out
+    assert main([*bench, "model.init_args.score_thresh=0.0"]) == 0
+    assert "made no detections" not in capsys.readouterr().out
