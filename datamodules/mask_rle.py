@@ -69,8 +69,8 @@ def _bounding_boxes(masks: np.ndarray) -> tuple[np.ndarray, ...]:
 
 
 def _runs_from_boxes(masks, index, top, bottom, left, right) -> list[list[int]]:
-    """COCO's uncompressed runs (zeros first, alternating, column-major over the full image) of masks[index],
-    read from their boxes."""
+    """COCO's uncompressed runs (zeros first, alternating, column-major over the full image) of masks[index], read
+    from their boxes. masks: C-contiguous uint8 [K,H,W]; the rest int64 [N], as `_bounding_boxes` returns them."""
     count, height, width = masks.shape
     area = height * width
     # one empty row above or below each box where the image has one: see the module docstring, step 4
