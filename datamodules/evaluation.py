@@ -14,6 +14,9 @@ Conventions worth knowing:
   * segm results are evaluated WITHOUT their "bbox" field, so a detection's small/medium/large range comes from its
     mask area (detectron2 and the torchvision references do the same; pycocotools would otherwise use the box
     area for masks too).
+  * a prediction may carry `mask_scores` besides `scores`: segm is then ranked by `mask_scores` and bbox by `scores`
+    (centermask2 scores boxes with sqrt(cls x ctr) and masks with that times the predicted mask IoU, and its COCO
+    evaluator swaps in the records' "mask_score" for segm); without it both use `scores`.
   * `CocoEvaluator` restricts COCOeval's `imgIds` to the image ids it saw in `update`, so evaluating a subset of
     the split (a `limit_val_batches` run, one shard) scores that subset only; images seen with zero detections
     still count (their ground truth becomes misses). `evaluate_results_file` scores every image of the
@@ -308,7 +311,8 @@ class CocoEvaluator(Metric):
 
     `update(preds, targets)` per batch: each prediction dict holds `boxes` float [K,4] xyxy pixels, `scores`
     float [K], `labels` int64 [K] contiguous, `masks` bool/uint8 [K,H,W] at the ORIGINAL image resolution (needed
-    only for "segm"); each target dict holds `image_id` (the annotation file's id). Masks are RLE-encoded at once
+    only for "segm"), optionally `mask_scores` float [K] (segm's ranking when given; see the module docstring);
+    each target dict holds `image_id` (the annotation file's id). Masks are RLE-encoded at once
     so state memory stays a few hundred bytes per detection. `compute()` gathers all processes, keeps each image
     id once (DistributedSampler repeats samples to pad), maps labels to category ids through `label_to_cat_id`
     and returns {iou_type: {"AP", "AP50", ..., "ARl"}} floats (-1 where COCO leaves a number undefined).
@@ -350,6 +354,7 @@ class CocoEvaluator(Metric):
             # torchmetrics gathers tensors only, so each RLE "counts" string travels as its bytes.
             self.add_state("rle_lengths", default=[], dist_reduce_fx="cat")  # int64 [D]
             self.add_state("rle_bytes", default=[], dist_reduce_fx="cat")  # uint8 [sum of rle_lengths]
+            self.add_state("mask_scores", default=[], dist_reduce_fx="cat")  # float32 [D], `scores` if not given
 
     def update(self, preds: list[dict[str, Tensor]], targets: list[dict[str, Any]]) -> None:
         if len(preds) != len(targets):
@@ -372,6 +377,9 @@ class CocoEvaluator(Metric):
                 f"image_id {image_id}: predicted labels must lie in [0, {len(self.label_to_cat_id)}), "
                 f"got {int(labels.min())}..{int(labels.max())}"
             )
+        mask_scores = pred.get("mask_scores", scores).detach().reshape(-1)
+        if mask_scores.shape != (count,):
+            raise ValueError(f"image_id {image_id}: {mask_scores.numel()} mask_scores for {count} scores")
         masks = pred.get("masks")
         size = (-1, -1) if masks is None else tuple(masks.shape[-2:])
         if "segm" in self.iou_types:
@@ -381,6 +389,7 @@ class CocoEvaluator(Metric):
             self.rle_lengths.append(torch.tensor([len(r) for r in rles], dtype=torch.int64, device=self.device))
             blob = np.frombuffer(b"".join(rles), dtype=np.uint8).copy()
             self.rle_bytes.append(torch.from_numpy(blob).to(self.device))
+            self.mask_scores.append(mask_scores.to(device=self.device, dtype=torch.float32))
         self.image_ids.append(torch.tensor([image_id], dtype=torch.int64, device=self.device))
         self.image_sizes.append(torch.tensor([size], dtype=torch.int64, device=self.device))
         self.num_detections.append(torch.tensor([count], dtype=torch.int64, device=self.device))
@@ -425,6 +434,7 @@ class CocoEvaluator(Metric):
             rle_offsets = [0] + torch.cumsum(dim_zero_cat(self.rle_lengths).cpu(), 0).tolist()
             # RLE strings are ASCII, so byte offsets are character offsets
             rle_text = dim_zero_cat(self.rle_bytes).cpu().numpy().tobytes().decode("ascii")
+            mask_scores = dim_zero_cat(self.mask_scores).cpu().double().tolist()
 
         first_occurrence = {}
         for index, image_id in enumerate(image_ids):
@@ -450,7 +460,7 @@ class CocoEvaluator(Metric):
                 ]
             if "segm" in self.iou_types:
                 records["segm"] += [
-                    {"image_id": image_id, "category_id": category_ids[det], "score": scores[det],
+                    {"image_id": image_id, "category_id": category_ids[det], "score": mask_scores[det],
                      "segmentation": {"size": [height, width],
                                       "counts": rle_text[rle_offsets[det]:rle_offsets[det + 1]]}}
                     for det in detections

@@ -2,7 +2,8 @@
 
 Per image and level: locations whose class probability exceeds `score_thresh` (before centerness, the official
 THRESH_WITH_CTR=False) are candidates; the best `pre_nms_top_n` of them by cls x ctr are decoded into boxes
-(location -/+ distances x stride, clipped to the image). Over all levels: class-wise NMS at `nms_thresh`
+(location -/+ distances x stride, NOT clipped: centermask2 pools the unclipped boxes for the mask branch, and
+detectron2 clips only when it rescales the output). Over all levels: class-wise NMS at `nms_thresh`
 (torchvision's batched_nms), then the best `post_nms_top_n`. The score is sqrt(cls x ctr).
 torchvision's FCOS thresholds the square-rooted score (0.2 by default) instead, hence this file.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchvision.ops import batched_nms, clip_boxes_to_image
+from torchvision.ops import batched_nms
 
 
 @torch.no_grad()
@@ -20,7 +21,6 @@ def fcos_detections(
     centerness: list[Tensor],
     locations: list[Tensor],
     strides: list[int],
-    image_sizes: list[tuple[int, int]],
     score_thresh: float = 0.05,
     pre_nms_top_n: int = 1000,
     nms_thresh: float = 0.6,
@@ -32,14 +32,13 @@ def fcos_detections(
         cls_logits, box_regression, centerness: per level [B, C, H_l, W_l], [B, 4, H_l, W_l] (distances in strides),
             [B, 1, H_l, W_l] (the head's outputs).
         locations: per level float [H_l * W_l, 2] cell centres in pixels; strides: per level.
-        image_sizes: (h, w) of each (resized, unpadded) image: boxes are clipped to it.
 
     Returns:
-        per image `boxes` float [K, 4] xyxy, `scores` float [K] = sqrt(cls x ctr), `labels` int64 [K], K <=
-        post_nms_top_n, sorted by decreasing score.
+        per image `boxes` float [K, 4] xyxy (may cross the image border), `scores` float [K] = sqrt(cls x ctr),
+        `labels` int64 [K], K <= post_nms_top_n, sorted by decreasing score.
     """
     results = []
-    for image, image_size in enumerate(image_sizes):
+    for image in range(cls_logits[0].shape[0]):
         boxes, scores, labels = [], [], []
         for logits, regression, ctr, points, stride in zip(
             cls_logits, box_regression, centerness, locations, strides
@@ -55,7 +54,7 @@ def fcos_detections(
             distances = regression[image].float().reshape(4, -1).t()[candidate_loc] * stride
             centres = points[candidate_loc]
             decoded = torch.cat([centres - distances[:, :2], centres + distances[:, 2:]], dim=1)
-            boxes.append(clip_boxes_to_image(decoded, image_size))
+            boxes.append(decoded)
             scores.append(candidate_scores)
             labels.append(candidate_cls)
         boxes, scores, labels = torch.cat(boxes), torch.cat(scores), torch.cat(labels)

@@ -7,15 +7,16 @@
       -> boxes [train: detached top 100 + ground truth, IoU >= 0.5 foreground | test: top 50]
       -> LevelRoIAlign on P3..P5 (scale-adaptive level, 14x14, aligned)
       -> SAG-Mask head (class-specific 28x28)  -> loss_mask
-      -> MaskIoU head (RoI features + mask)    -> loss_maskiou; score = box score x predicted mask IoU
-      -> boxes rescaled and masks pasted (aligned) at each input image's own resolution
+      -> MaskIoU head (RoI features + mask)    -> loss_maskiou; mask score = box score x predicted mask IoU
+      -> boxes rescaled and clipped, empty ones dropped, masks pasted (aligned) at each input's own resolution
 
 Labels are the datamodule's contiguous classes throughout: FCOS classifies with one sigmoid per class, and
 "background" is the label `num_classes` inside the target assignment only.
 
-Inference returns one score per detection, used for both box and mask AP: with the MaskIoU head it is the mask
-score (box score x predicted IoU), without it the box score sqrt(cls x ctr). (centermask2 reports box AP with the
-box score and mask AP with the mask score; the evaluator here takes one score per detection.)
+Inference scores each detection twice, as centermask2 does: `scores` is the box score sqrt(cls x ctr) (box AP) and,
+with the MaskIoU head, `mask_scores` = box score x predicted mask IoU (mask AP; the evaluator ranks masks by it).
+The FCOS boxes stay unclipped through NMS and the mask branch; only the returned boxes are clipped to the image
+(boxes left empty are dropped) and the masks pasted into them, as detectron2's detector_postprocess does.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
+from torchvision.ops import clip_boxes_to_image
 
 from models.base import InstanceSegmentationModule
 from models.centermask.fcos_head import FCOSHead
@@ -186,8 +188,9 @@ class CenterMask(InstanceSegmentationModule):
     def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
         """Detections for `images` (list of float [3, H_i, W_i] in 0..1), the same in train and eval mode.
 
-        Returns per image: `boxes` float [K, 4] xyxy in the input's pixels, `scores` float [K], `labels` int64 [K]
-        contiguous, `masks` bool [K, H_i, W_i]; K <= post_nms_top_n_test.
+        Returns per image: `boxes` float [K, 4] xyxy in the input's pixels, `scores` float [K] (box scores),
+        `labels` int64 [K] contiguous, `masks` bool [K, H_i, W_i], with the MaskIoU head `mask_scores` float [K];
+        K <= post_nms_top_n_test, in decreasing box score.
         """
         batch, _ = self.transform(self._to_input_format(images))
         levels, head = self._network(batch)
@@ -225,17 +228,18 @@ class CenterMask(InstanceSegmentationModule):
         sizes = [(int(level.shape[-2]), int(level.shape[-1])) for level in levels]
         return fcos_detections(
             *head, level_locations(sizes, self.neck.strides, levels[0].device), self.neck.strides,
-            batch.image_sizes, hp.score_thresh, hp.pre_nms_top_n, hp.nms_thresh, top_n,
+            hp.score_thresh, hp.pre_nms_top_n, hp.nms_thresh, top_n,
         )
 
     def _predictions(
         self, levels: list[Tensor], head: tuple[list[Tensor], ...], batch: ImageList, images: list[Tensor]
     ) -> list[dict[str, Tensor]]:
-        """Test-time path: top-n FCOS detections -> masks (+ mask scores) -> input resolution."""
+        """Test-time path: top-n FCOS detections (unclipped) -> masks (+ mask scores) -> input resolution."""
         detections = self._detections(levels, head, batch, self.hparams.post_nms_top_n_test)
         boxes = [d["boxes"] for d in detections]
         labels = torch.cat([d["labels"] for d in detections])
         scores = torch.cat([d["scores"] for d in detections])
+        mask_scores = None
         mask_probs = levels[0].new_zeros((0, 1, 2 * self.roi_pool.output_size, 2 * self.roi_pool.output_size))
         if labels.numel():
             pooled = self.roi_pool(levels[: len(self.roi_pool.strides)], boxes, batch.image_sizes)
@@ -244,25 +248,30 @@ class CenterMask(InstanceSegmentationModule):
             if self.maskiou_head is not None:
                 index = torch.arange(labels.numel(), device=labels.device)
                 predicted_iou = self.maskiou_head(pooled, mask_probs)[index, labels]
-                scores = scores * predicted_iou.clamp(0, 1)
+                # Not clamped to [0, 1], as centermask2 (its ranking of masks keeps the head's raw output).
+                mask_scores = scores * predicted_iou
         counts = [len(b) for b in boxes]
         predictions = []
-        for image_boxes, image_labels, image_scores, image_masks, resized_size, image in zip(
-            boxes, labels.split(counts), scores.split(counts), mask_probs.split(counts), batch.image_sizes, images
-        ):
+        for index, (image_boxes, resized_size, image) in enumerate(zip(boxes, batch.image_sizes, images)):
             input_size = (int(image.shape[-2]), int(image.shape[-1]))
-            order = image_scores.argsort(descending=True)
-            image_boxes = resize_boxes(image_boxes[order], resized_size, input_size)
-            predictions.append(
-                {
-                    "boxes": image_boxes.float(),
-                    "scores": image_scores[order].float(),
-                    "labels": image_labels[order],
-                    "masks": paste_masks(
-                        image_masks[order], image_boxes, input_size, self.hparams.mask_threshold, aligned=True
-                    ),
-                }
-            )
+            # detectron2's detector_postprocess: rescale, clip, drop boxes left empty, then paste each mask (predicted
+            # for the unclipped box) into its clipped box.
+            image_boxes = clip_boxes_to_image(resize_boxes(image_boxes, resized_size, input_size), input_size)
+            keep = torch.nonzero(
+                (image_boxes[:, 2] > image_boxes[:, 0]) & (image_boxes[:, 3] > image_boxes[:, 1])
+            ).squeeze(1)
+            prediction = {
+                "boxes": image_boxes[keep].float(),
+                "scores": scores.split(counts)[index][keep].float(),
+                "labels": labels.split(counts)[index][keep],
+                "masks": paste_masks(
+                    mask_probs.split(counts)[index][keep], image_boxes[keep], input_size, self.hparams.mask_threshold,
+                    aligned=True,
+                ),
+            }
+            if mask_scores is not None:
+                prediction["mask_scores"] = mask_scores.split(counts)[index][keep].float()
+            predictions.append(prediction)
         return predictions
 
     def _losses(

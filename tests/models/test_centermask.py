@@ -1,12 +1,12 @@
 """CenterMask: FCOS targets / losses / detections on hand-built cases, the RoI path, SAG-Mask, MaskIoU targets,
 crowd exclusion, the centermask2 converter and the configs."""
+import copy
 import math
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from torchvision.ops import generalized_box_iou_loss
 
 from models.centermask import CenterMask
 from models.centermask.convert import convert_centermask2, map_key, map_state_dict, official_settings
@@ -23,6 +23,7 @@ from models.centermask.mask_losses import mask_crops, maskiou_loss, maskiou_targ
 from models.centermask.mask_rois import foreground_rois
 from models.centermask.maskiou_head import MaskIoUHead
 from models.centermask.sag_mask_head import SAGMaskHead
+from models.common.masks import paste_masks
 from tests.models.test_contract import NUM_CLASSES, TINY_CONFIGS, frozen_tiny_model, seeded_losses, tiny_batch
 
 CONFIGS = Path(__file__).resolve().parents[2] / "experiments" / "configs"
@@ -118,11 +119,11 @@ def test_fcos_losses_normalisation_and_centerness_weighting():
     one_hot = torch.tensor([[1.0, 0], [0, 1.0], [0, 0], [0, 0]])
     torch.testing.assert_close(losses["loss_fcos_cls"], sigmoid_focal_loss(logits, one_hot, reduction="sum") / 2)
     weights = centerness_targets(targets[:2])
-    as_box = lambda d: torch.stack([-d[:, 0], -d[:, 1], d[:, 2], d[:, 3]], 1)  # noqa: E731
-    giou = generalized_box_iou_loss(as_box(predictions[:2]), as_box(targets[:2]), reduction="none")
-    # The second prediction is perfect: the loss is the first's GIoU loss times its weight share.
-    assert float(giou[1]) == pytest.approx(0.0, abs=1e-6)
-    torch.testing.assert_close(losses["loss_fcos_box"], (giou * weights).sum() / weights.sum())
+    # The second prediction is perfect: the loss is the first's GIoU loss times its weight share. By hand, in
+    # centermask2's smoothed form: areas 20x20 = 400 each, intersection 18x20 = 360, union 440, enclosing 22x20 =
+    # 440, so IoU = (360 + 1) / (440 + 1), GIoU = IoU - 0 and the loss 1 - 361/441 = 80/441 (torchvision's
+    # unsmoothed GIoU loss would be 80/440).
+    torch.testing.assert_close(losses["loss_fcos_box"], weights[0] * (80 / 441) / weights.sum())
     bce = torch.nn.functional.binary_cross_entropy_with_logits(ctr_logits[:2], weights, reduction="sum") / 2
     torch.testing.assert_close(losses["loss_fcos_ctr"], bce)
 
@@ -152,22 +153,23 @@ def test_detections_decode_threshold_and_score():
     ctr = torch.zeros(1, 2, 2)  # centerness 0.5 everywhere
     reg = torch.zeros(4, 2, 2)
     reg[:, 0, 0] = torch.tensor([0.25, 0.5, 1.0, 2.0])  # in strides -> (2, 4, 8, 16) px
-    (det,) = fcos_detections(*_single_level(cls, reg, ctr), level_locations([(2, 2)], [8]), [8], [(100, 100)])
+    (det,) = fcos_detections(*_single_level(cls, reg, ctr), level_locations([(2, 2)], [8]), [8])
     assert det["labels"].tolist() == [0]
     torch.testing.assert_close(det["boxes"], torch.tensor([[2.0, 0.0, 12.0, 20.0]]))
     torch.testing.assert_close(det["scores"], torch.sqrt(torch.sigmoid(torch.tensor([2.0])) * 0.5))
 
 
-def test_detections_nms_is_class_wise_and_boxes_are_clipped():
+def test_detections_nms_is_class_wise_and_boxes_are_not_clipped():
     cls = torch.full((2, 1, 2), -10.0)
     cls[0, 0, 0], cls[0, 0, 1], cls[1, 0, 1] = 3.0, 2.0, 1.0  # same box twice in class 0, once in class 1
     ctr = torch.zeros(1, 1, 2)
     reg = torch.zeros(4, 1, 2)
-    reg[:, 0, 0] = torch.tensor([1.0, 1.0, 3.0, 1.0])  # location (4,4): box (-4, -4, 28, 12) -> clipped at 0
+    reg[:, 0, 0] = torch.tensor([1.0, 1.0, 3.0, 1.0])  # location (4,4): box (-4, -4, 28, 12)
     reg[:, 0, 1] = torch.tensor([2.0, 1.0, 2.0, 1.0])  # location (12,4): box (-4, -4, 28, 12)
-    (det,) = fcos_detections(*_single_level(cls, reg, ctr), level_locations([(1, 2)], [8]), [8], [(10, 20)])
+    (det,) = fcos_detections(*_single_level(cls, reg, ctr), level_locations([(1, 2)], [8]), [8])
     assert det["labels"].tolist() == [0, 1]
-    torch.testing.assert_close(det["boxes"], torch.tensor([[0.0, 0.0, 20.0, 10.0]] * 2))
+    # centermask2 keeps the boxes as decoded (the 1x2 level's image is 8x16): the mask branch pools them so.
+    torch.testing.assert_close(det["boxes"], torch.tensor([[-4.0, -4.0, 28.0, 12.0]] * 2))
 
 
 def test_fcos_head_shapes_and_scales():
@@ -301,26 +303,60 @@ def test_crowd_regions_are_excluded_from_training(frozen_model):
     assert seeded_losses(frozen_model, images, as_instance)["loss_fcos_cls"] != with_crowd["loss_fcos_cls"]
 
 
-def test_mask_scores_are_box_scores_times_predicted_iou(frozen_model):
+def _with_detections(model, boxes, scores, labels):
+    """`model` whose FCOS stage returns these detections (resized frame) for the first image, none for others."""
+
+    def detections(levels, head, batch, top_n):
+        first = {"boxes": torch.tensor(boxes), "scores": torch.tensor(scores), "labels": torch.tensor(labels)}
+        empty = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}
+        return [first] + [empty] * (len(batch.image_sizes) - 1)
+
+    model._detections = detections
+    return model
+
+
+def test_box_and_mask_scores_unclipped_mask_branch_and_clipped_output(frozen_model):
+    """centermask2's inference on crafted FCOS detections in a 64x64 input (resized frame = input frame): box
+    scores in `scores`, box score x predicted IoU (not clamped) in `mask_scores`, the mask branch on the unclipped
+    boxes, the output clipped and the box left empty by clipping dropped."""
+    model = copy.deepcopy(frozen_model).eval()
+    with torch.no_grad():  # predicted IoUs of about 1.7 and -0.3: a clamp would change both
+        model.maskiou_head.predictor.bias.copy_(torch.tensor([1.7, -0.3, 0.5]))
+    boxes = [[8.0, 8.0, 40.0, 40.0], [-20.0, 30.0, 30.0, 90.0], [70.0, 10.0, 90.0, 30.0]]  # in, crossing, outside
+    scores, labels = [0.9, 0.6, 0.5], [0, 1, 0]
+    _with_detections(model, boxes, scores, labels)
+    # Two images: GroupNorm on the 1x1 top level needs more than one value per group.
+    images = list(torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
+    with torch.no_grad():
+        prediction, other = model(images)
+        batch, _ = model.transform(images)
+        assert batch.image_sizes == [(64, 64)] * 2 and len(other["boxes"]) == 0
+        levels, _ = model._network(batch)
+        unclipped = torch.tensor(boxes[:2])
+        pooled = model.roi_pool(levels[:3], [unclipped, torch.zeros(0, 4)], batch.image_sizes)
+        index = torch.arange(2)
+        probs = model.mask_head(pooled)[index, torch.tensor(labels[:2])][:, None].sigmoid()
+        iou = model.maskiou_head(pooled, probs)[index, torch.tensor(labels[:2])]
+    assert iou[0] > 1 and iou[1] < 0
+    torch.testing.assert_close(prediction["boxes"], torch.tensor([[8.0, 8.0, 40.0, 40.0], [0.0, 30.0, 30.0, 64.0]]))
+    torch.testing.assert_close(prediction["scores"], torch.tensor(scores[:2]))
+    torch.testing.assert_close(prediction["mask_scores"], torch.tensor(scores[:2]) * iou)
+    assert prediction["labels"].tolist() == labels[:2]
+    # The mask predicted for the unclipped box is pasted into the clipped one (detectron2's paste).
+    expected = paste_masks(probs, prediction["boxes"], (64, 64), FROZEN.get("mask_threshold", 0.5), aligned=True)
+    assert torch.equal(prediction["masks"], expected)
+
+
+def test_without_maskiou_there_is_one_score(frozen_model):
     images, _ = tiny_batch()
     plain = CenterMask(num_classes=NUM_CLASSES, **{**FROZEN, "maskiou": False})
     plain.load_state_dict({k: v for k, v in frozen_model.state_dict().items() if not k.startswith("maskiou_head.")})
     with torch.no_grad():
         scored = frozen_model.eval()(images)[0]
         box_scored = plain.eval()(images)[0]
-        batch, _ = frozen_model.transform(images)
-        levels, head = frozen_model._network(batch)
-        detections = frozen_model._detections(levels, head, batch, FROZEN["post_nms_top_n_test"])
-        pooled = frozen_model.roi_pool(levels[:3], [d["boxes"] for d in detections], batch.image_sizes)
-        first = detections[0]
-        pooled = pooled[: len(first["boxes"])]
-        index = torch.arange(len(pooled))
-        probs = frozen_model.mask_head(pooled)[index, first["labels"]][:, None].sigmoid()
-        iou = frozen_model.maskiou_head(pooled, probs)[index, first["labels"]].clamp(0, 1)
-    assert len(first["boxes"]) > 0
-    expected = (first["scores"] * iou).sort(descending=True).values
-    torch.testing.assert_close(scored["scores"], expected)
-    torch.testing.assert_close(box_scored["scores"], first["scores"])
+    assert len(scored["scores"]) > 0 and "mask_scores" in scored and "mask_scores" not in box_scored
+    torch.testing.assert_close(box_scored["scores"], scored["scores"])
+    assert not torch.equal(scored["mask_scores"], scored["scores"])
 
 
 def test_ablation_switches_build_and_train():
