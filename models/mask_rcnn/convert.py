@@ -65,6 +65,7 @@ TORCHVISION_SETTINGS = dict(
     mask_head_layers=4,
     mask_head_channels=256,
     mask_resolution=28,
+    mask_aligned=False,  # torchvision's pixel convention, which these weights were trained with
 )
 
 PREFIXES = {"backbone.body.": "backbone.model.", "backbone.fpn.": "neck.fpn.", "rpn.": "rpn.", "roi_heads.": "roi_heads."}

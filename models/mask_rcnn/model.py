@@ -10,6 +10,12 @@ a subclass that calls the same torchvision pieces explicitly (`ProposalNetwork.p
 loss in every mode (validation loss included). The loss path always uses the training top-n and RoI sampling,
 the inference path the testing top-n, whatever `self.training` says.
 
+Pixel convention (`mask_aligned`): False is torchvision's (MultiScaleRoIAlign aligned=False, sampling 2; targets
+cropped with aligned=False; legacy integer-box paste), which converted torchvision weights were trained with. True
+is detectron2's (ROIAlignV2: aligned, adaptive sampling, for box and mask pooling; aligned mask targets; aligned
+paste): a perfect 28x28 mask of a small object pastes back onto its own pixels, where the legacy convention loses
+about one pixel per edge (tests/models/test_mask_rcnn.py measures the oracle's segm AP under both).
+
 Labels: internally class 0 is background, so the datamodule's contiguous label c (0-based) is internal class
 c + 1 in the box/mask predictors; targets are shifted up on the way in and predictions down on the way out.
 """
@@ -28,7 +34,7 @@ from models.base import InstanceSegmentationModule
 from models.common.backbone import TimmBackbone
 from models.common.fpn import FPN
 from models.common.masks import paste_masks
-from models.mask_rcnn.roi_heads import MaskRoIHeads
+from models.mask_rcnn.roi_heads import LevelPool, MaskRoIHeads
 from models.mask_rcnn.rpn import ProposalNetwork, RPNOutput
 from models.mask_rcnn.targets import training_targets
 
@@ -75,6 +81,8 @@ class MaskRCNN(InstanceSegmentationModule):
             `box_score_thresh`, `box_nms_thresh` (per class), `detections_per_img` the inference output.
         mask_head_layers, mask_head_channels: the mask FCN (3x3 convs) before the 2x up-sampling predictor.
         mask_resolution: side of the predicted box-relative mask (RoIs are pooled at half of it).
+        mask_aligned: detectron2's pixel convention for pooling, mask targets and pasting (module docstring); False,
+            torchvision's, for converted torchvision weights.
         **kwargs: optimiser and schedule settings of `InstanceSegmentationModule`.
     """
 
@@ -113,6 +121,7 @@ class MaskRCNN(InstanceSegmentationModule):
         mask_head_layers: int = 4,
         mask_head_channels: int = 256,
         mask_resolution: int = 28,
+        mask_aligned: bool = False,
         **kwargs,
     ):
         super().__init__(num_classes=num_classes, **kwargs)
@@ -149,9 +158,10 @@ class MaskRCNN(InstanceSegmentationModule):
         # RoIs are pooled from the backbone levels only (P2..P5), not from the extra P6 (as in the paper).
         roi_levels = self.neck.level_names[: len(self.backbone.channels)]
         box_pool_size, mask_pool_size = 7, mask_resolution // 2
+        roi_strides = self.neck.strides[: len(roi_levels)]
         mask_layers = [mask_head_channels] * mask_head_layers
         self.roi_heads = MaskRoIHeads(
-            box_roi_pool=MultiScaleRoIAlign(roi_levels, output_size=box_pool_size, sampling_ratio=2),
+            box_roi_pool=_roi_pool(roi_levels, roi_strides, box_pool_size, mask_aligned),
             box_head=TwoMLPHead(fpn_channels * box_pool_size**2, box_head_width),
             box_predictor=FastRCNNPredictor(box_head_width, num_classes + 1),
             fg_iou_thresh=box_fg_iou_thresh,
@@ -162,11 +172,12 @@ class MaskRCNN(InstanceSegmentationModule):
             score_thresh=box_score_thresh,
             nms_thresh=box_nms_thresh,
             detections_per_img=detections_per_img,
-            mask_roi_pool=MultiScaleRoIAlign(roi_levels, output_size=mask_pool_size, sampling_ratio=2),
+            mask_roi_pool=_roi_pool(roi_levels, roi_strides, mask_pool_size, mask_aligned),
             mask_head=MaskRCNNHeads(fpn_channels, mask_layers, dilation=1, norm_layer=HEAD_NORMS[head_norm]),
             mask_predictor=MaskRCNNPredictor(
                 mask_layers[-1] if mask_layers else fpn_channels, mask_head_channels, num_classes + 1
             ),
+            mask_aligned=mask_aligned,
         )
 
     def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
@@ -208,16 +219,29 @@ class MaskRCNN(InstanceSegmentationModule):
         """Inference from the shared pass: testing top-n proposals, detections, boxes and masks at input size."""
         proposals = self.rpn.proposals(rpn_output, batch.image_sizes, training_top_n=False)
         detections = self.roi_heads.detect(features, proposals, batch.image_sizes)
+        return self.to_input_resolution(detections, batch.image_sizes, [tuple(image.shape[-2:]) for image in images])
+
+    def to_input_resolution(
+        self,
+        detections: list[dict[str, Tensor]],
+        resized_sizes: list[tuple[int, int]],
+        input_sizes: list[tuple[int, int]],
+    ) -> list[dict[str, Tensor]]:
+        """`MaskRoIHeads.detect`'s detections (resized frame, internal labels, box-relative mask probabilities) ->
+        predictions at each input's resolution: boxes rescaled, labels shifted down, masks pasted in the model's
+        pixel convention (`mask_aligned`)."""
         predictions = []
-        for detection, resized_size, image in zip(detections, batch.image_sizes, images):
-            input_size = (int(image.shape[-2]), int(image.shape[-1]))
+        for detection, resized_size, input_size in zip(detections, resized_sizes, input_sizes):
+            input_size = (int(input_size[0]), int(input_size[1]))
             boxes = resize_boxes(detection["boxes"], resized_size, input_size)
             predictions.append(
                 {
                     "boxes": boxes,
                     "scores": detection["scores"],
                     "labels": detection["labels"] - 1,
-                    "masks": paste_masks(detection["mask_probs"], boxes, input_size, threshold=0.5),
+                    "masks": paste_masks(
+                        detection["mask_probs"], boxes, input_size, threshold=0.5, aligned=self.hparams.mask_aligned
+                    ),
                 }
             )
         return predictions
@@ -230,3 +254,10 @@ class MaskRCNN(InstanceSegmentationModule):
         losses = self.rpn.losses(rpn_output, targets)
         losses.update(self.roi_heads.losses(features, proposals, batch.image_sizes, targets))
         return losses
+
+
+def _roi_pool(level_names: list[str], strides: list[int], output_size: int, aligned: bool) -> nn.Module:
+    """torchvision's pooler (aligned=False, sampling 2) or detectron2's ROIAlignV2 (`LevelPool`)."""
+    if aligned:
+        return LevelPool(level_names, strides, output_size)
+    return MultiScaleRoIAlign(level_names, output_size=output_size, sampling_ratio=2)

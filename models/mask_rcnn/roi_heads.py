@@ -5,17 +5,55 @@ detections only when not. This subclass re-sequences the same torchvision pieces
 `postprocess_detections`, `fastrcnn_loss`, `maskrcnn_loss`, `maskrcnn_inference`) into `detect` and `losses`,
 which behave the same in train and eval mode. Nothing in torchvision is patched.
 
+`mask_aligned` switches the mask targets to detectron2's pixel convention (models.common.masks): each positive
+RoI's target is the aligned RoIAlign crop of its ground-truth mask, binarised at 0.5 as detectron2's
+BitMasks.crop_and_resize; torchvision's `maskrcnn_loss` (aligned=False, soft targets) otherwise. `LevelPool` gives
+torchvision's RoIHeads the aligned pooler (ROIAlignV2) in MultiScaleRoIAlign's calling form.
+
 Labels here are the internal ones: 0 is background, object classes are 1..num_classes.
 """
 from __future__ import annotations
 
 import torch
-from torch import Tensor
-from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss, maskrcnn_inference, maskrcnn_loss
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.detection.roi_heads import (
+    RoIHeads,
+    fastrcnn_loss,
+    maskrcnn_inference,
+    maskrcnn_loss,
+    project_masks_on_boxes,
+)
+
+from models.common.masks import crop_and_resize_masks
+from models.common.roi_pooler import LevelRoIAlign
+
+
+class LevelPool(nn.Module):
+    """detectron2's ROIAlignV2 pooler (FPN level rule, aligned, adaptive sampling) over the named pyramid levels.
+
+    `forward(features: dict[name, Tensor[B, C, H_l, W_l]], boxes: list[Tensor[K_i, 4]], image_sizes) ->
+    Tensor[sum K_i, C, S, S]`, the call torchvision's RoIHeads makes of its MultiScaleRoIAlign.
+    """
+
+    def __init__(self, level_names: list[str], strides: list[int], output_size: int):
+        super().__init__()
+        self.level_names = list(level_names)
+        self.pool = LevelRoIAlign(strides, output_size, level_rule="mask_rcnn", sampling_ratio=0, aligned=True)
+
+    def forward(self, features: dict[str, Tensor], boxes: list[Tensor], image_sizes: list[tuple[int, int]]) -> Tensor:
+        return self.pool([features[name] for name in self.level_names], boxes, image_sizes)
 
 
 class MaskRoIHeads(RoIHeads):
-    """Box classification/regression and mask prediction on RoIs pooled from the pyramid."""
+    """Box classification/regression and mask prediction on RoIs pooled from the pyramid.
+
+    Takes torchvision RoIHeads' arguments, plus `mask_aligned` (see the module docstring).
+    """
+
+    def __init__(self, *args, mask_aligned: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.mask_aligned = mask_aligned
 
     def detect(
         self, features: dict[str, Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]]
@@ -54,7 +92,8 @@ class MaskRoIHeads(RoIHeads):
         mask_proposals = [p[keep] for p, keep in zip(proposals, positives)]
         mask_matched_idxs = [m[keep] for m, keep in zip(matched_idxs, positives)]
         mask_logits = self._mask_logits(features, mask_proposals, image_sizes)
-        loss_mask = maskrcnn_loss(
+        mask_loss = aligned_mask_loss if self.mask_aligned else maskrcnn_loss
+        loss_mask = mask_loss(
             mask_logits,
             mask_proposals,
             [t["masks"] for t in targets],
@@ -76,3 +115,34 @@ class MaskRoIHeads(RoIHeads):
         """Per-class mask logits [R, C+1, M, M] for the R boxes of the batch."""
         pooled = self.mask_roi_pool(features, boxes, image_sizes)
         return self.mask_predictor(self.mask_head(pooled))
+
+
+def mask_targets(
+    proposals: Tensor, gt_masks: Tensor, matched_idxs: Tensor, size: int, aligned: bool
+) -> Tensor:
+    """One image's mask targets float [R, M, M] of the RoIs `proposals` [R, 4] matched to `gt_masks` [N, H, W]:
+    torchvision's (aligned=False crop, soft) or detectron2's (aligned crop binarised at 0.5)."""
+    if aligned:
+        return (crop_and_resize_masks(gt_masks, proposals, size, mask_indices=matched_idxs, aligned=True) >= 0.5).float()
+    return project_masks_on_boxes(gt_masks, proposals, matched_idxs, size)
+
+
+def aligned_mask_loss(
+    mask_logits: Tensor,
+    proposals: list[Tensor],
+    gt_masks: list[Tensor],
+    gt_labels: list[Tensor],
+    matched_idxs: list[Tensor],
+) -> Tensor:
+    """Mean BCE of each positive RoI's ground-truth-class mask logits [R, C+1, M, M] against its aligned target
+    (`mask_targets`, detectron2's mask_rcnn_loss); `maskrcnn_loss`'s arguments."""
+    size = mask_logits.shape[-1]
+    labels = torch.cat([image_labels[index] for image_labels, index in zip(gt_labels, matched_idxs)])
+    targets = torch.cat([
+        mask_targets(boxes, masks, index, size, aligned=True)
+        for masks, boxes, index in zip(gt_masks, proposals, matched_idxs)
+    ])
+    if targets.numel() == 0:
+        return mask_logits.sum() * 0
+    selected = mask_logits[torch.arange(labels.shape[0], device=labels.device), labels]
+    return F.binary_cross_entropy_with_logits(selected, targets.to(selected.dtype))
