@@ -76,7 +76,8 @@ class ISTR(InstanceSegmentationModule):
         class_weight, l1_weight, giou_weight, mask_weight, dice_weight: loss weights, also the matching costs
             (cost_class, cost_l1, cost_giou, cost_mask; the dice term has no cost); focal_alpha / focal_gamma;
             deep_supervision: supervise every stage (else the last only).
-        detections_per_img, mask_threshold, stage_average: inference (models.istr.postprocess).
+        detections_per_img, mask_threshold, stage_average: inference (models.istr.postprocess); `stage_average`
+            is official V2's rule (class logits averaged over stages 3-6, boxes and masks of the last), off in V1.
         proposal_init: initial value of the learnable query boxes: "image" (official: every box the whole image) or
             "grid" (Sparse R-CNN's grid initialisation, ablated in its paper: box i centred on cell i of a
             near-square grid, twice the cell's size, so queries start on distinct regions).

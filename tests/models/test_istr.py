@@ -235,7 +235,7 @@ def test_loss_is_near_zero_for_perfect_predictions_and_counts_every_stage():
     assert float(two_stages["loss_box"]) == pytest.approx(expected_l1, rel=1e-4)
 
 
-def test_inference_takes_the_best_query_class_pairs_and_can_average_stages():
+def test_inference_takes_the_best_query_class_pairs():
     codec = DCTMaskCodec(4, 8)
     logits = torch.full((1, 3, 2), -5.0)
     logits[0, 1, 0], logits[0, 2, 1], logits[0, 0, 1] = 3.0, 2.0, 1.0
@@ -255,11 +255,41 @@ def test_inference_takes_the_best_query_class_pairs_and_can_average_stages():
     inside[20:40, 20:60] = True
     assert not bool(result["masks"][0][~inside].any()) and int(result["masks"][0].sum()) >= 40 * 20 - 4
 
-    earlier = StageOutput(logits.flip(1), boxes + 10, embeddings)
-    averaged = ISTRPostProcess(detections_per_img=3, stage_average=True)([earlier, stage], codec, [(30, 40)],
-                                                                          [(30, 40)])[0]
-    expected_scores = (torch.sigmoid(logits) + torch.sigmoid(logits.flip(1))) / 2
-    torch.testing.assert_close(averaged["scores"], expected_scores.flatten().topk(3).values)
+
+
+def test_stage_average_is_v2s_rule_logits_of_the_third_stage_on_boxes_and_masks_of_the_last():
+    codec = DCTMaskCodec(4, 8)
+    torch.manual_seed(0)
+    stages = [
+        StageOutput(torch.randn(1, 3, 2) * 3, torch.tensor([[[0.0, 0.0, 10.0, 10.0]] * 3]) + 5 * i,
+                    torch.full((1, 3, 4), 8.0 * i))
+        for i in range(4)
+    ]
+    post = ISTRPostProcess(detections_per_img=6, stage_average=True)
+    result = post(stages, codec, [(30, 40)], [(30, 40)])[0]
+    # Stages 3 and 4 of 4 (0-based 2, 3): the mean of their logits, then the sigmoid.
+    expected = torch.sigmoid((stages[2].class_logits + stages[3].class_logits) / 2)[0]
+    torch.testing.assert_close(result["scores"], expected.flatten().sort(descending=True).values)
+    torch.testing.assert_close(result["boxes"], stages[3].boxes[0, :1].expand(6, 4))  # last stage's boxes
+    assert bool(result["masks"].any())  # last stage's embeddings (DC 24 / 8): the first stage's (0) paste nothing
+    # Fewer than three stages: the last stage alone, as V1.
+    two = post(stages[2:], codec, [(30, 40)], [(30, 40)])[0]
+    last_only = ISTRPostProcess(detections_per_img=6)(stages[2:], codec, [(30, 40)], [(30, 40)])[0]
+    torch.testing.assert_close(two["scores"], last_only["scores"])
+    torch.testing.assert_close(post(stages[3:], codec, [(30, 40)], [(30, 40)])[0]["scores"],
+                               torch.sigmoid(stages[3].class_logits[0]).flatten().sort(descending=True).values)
+
+
+def test_boxes_without_area_after_clipping_are_dropped():
+    codec = DCTMaskCodec(4, 8)
+    logits = torch.tensor([[[4.0], [3.0], [2.0]]])  # 3 queries, 1 class
+    boxes = torch.tensor([[[5.0, 5.0, 20.0, 20.0], [45.0, 5.0, 60.0, 20.0], [-9.0, 10.0, -1.0, 20.0]]])
+    stage = StageOutput(logits, boxes, torch.zeros(1, 3, 4))
+    result = ISTRPostProcess(detections_per_img=3)([stage], codec, [(30, 40)], [(30, 40)])[0]
+    # Queries 2 and 3 lie right / left of the 40 px wide image: clipped to zero width, dropped (detectron2's nonempty).
+    torch.testing.assert_close(result["boxes"], torch.tensor([[5.0, 5.0, 20.0, 20.0]]))
+    torch.testing.assert_close(result["scores"], torch.sigmoid(torch.tensor([4.0])))
+    assert result["labels"].tolist() == [0] and result["masks"].shape == (1, 30, 40)
 
 
 # -------------------------------------------------------------------------------------- the model + codec
@@ -274,8 +304,10 @@ def test_model_with_a_pca_codec_file_predicts_and_trains(tmp_path):
     with torch.no_grad():
         predictions = model.eval()(images)
     for prediction, image in zip(predictions, images):
-        assert prediction["masks"].shape == (10, *image.shape[-2:]) and prediction["masks"].dtype == torch.bool
-        assert prediction["scores"].shape == (10,) and bool((prediction["scores"][:-1] >= prediction["scores"][1:]).all())
+        count = len(prediction["scores"])  # 10 less the boxes clipped to nothing (untrained boxes can be)
+        assert 0 < count <= 10 and prediction["masks"].dtype == torch.bool
+        assert prediction["masks"].shape == (count, *image.shape[-2:])
+        assert bool((prediction["scores"][:-1] >= prediction["scores"][1:]).all())
     losses = model.train().compute_losses(images, targets)
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
