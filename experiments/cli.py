@@ -154,7 +154,12 @@ def _load_converter(name: str) -> Callable[[str, str], object]:
 
 
 def _convert(args) -> int:
-    out = _load_converter(args.format)(args.input, args.output)
+    options = {}
+    if args.input_size is not None:
+        if args.format != "yolact-official":
+            raise SystemExit(f"maskbench convert: --input-size applies to yolact-official only, not {args.format}")
+        options["input_size"] = args.input_size
+    out = _load_converter(args.format)(args.input, args.output, **options)
     print(f"wrote {out or args.output}")
     return 0
 
@@ -208,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("format", choices=sorted(CONVERTERS))
     conv.add_argument("input")
     conv.add_argument("output")
+    conv.add_argument("--input-size", type=int, default=None,
+                      help="yolact-official: the square input size the weights were trained at (default: from the "
+                           "file name, yolact_im700_* -> 700, yolact_im400_* -> 400, else 550)")
     conv.set_defaults(handler=_convert)
 
     demo = verbs.add_parser("demo", help="alias of `maskbench quickstart`: every quickstart model trained, evaluated, "

@@ -2,6 +2,11 @@
 
     convert_yolact_official("yolact_resnet50_54_800000.pth", "yolact_r50_550.ckpt")
     YOLACT.load_from_checkpoint("yolact_r50_550.ckpt")            # or: maskbench validate --ckpt_path ...
+    maskbench convert yolact-official yolact_im700_54_800000.pth yolact_r101_700.ckpt   # 700 px, from the name
+
+The square input size the weights were trained at is not in the file: it comes from `input_size`, or else from
+the official file name (`yolact_im700_*` -> 700, `yolact_im400_*` -> 400, any other -> 550, yolact_base). The
+official im700 config also trains 300 masks per image (`masks_to_train`, yolact_im700_config) instead of 100.
 
 The official file is a raw state dict. Its ResNet depth (blocks per stage), class count (conf_layer rows /
 anchors - 1), prototype count and FPN width are read from the shapes; the model is built with the official v1
@@ -23,6 +28,7 @@ YOLACT++ (9 anchors, DCN backbones, mask-IoU head) and the DarkNet-53 backbone a
 """
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -37,6 +43,10 @@ from models.common.checkpoint import (
 from models.yolact.model import RESNET_MEAN, RESNET_STD, YOLACT
 
 OFFICIAL_SCALES = [24, 48, 96, 192, 384]  # at 550 px
+BASE_INPUT_SIZE = 550
+# masks_to_train of the official configs by input size (data/config.py: yolact_base / im400 / im700).
+OFFICIAL_MASKS_TO_TRAIN = {400: 100, 550: 100, 700: 300}
+_SIZE_IN_NAME = re.compile(r"^yolact_im(\d+)_")
 RESNET_DEPTHS = {(3, 4, 6, 3): "resnet50", (3, 4, 23, 3): "resnet101"}
 HEAD_NAMES = {
     "upfeature.0": "upfeature.0",
@@ -61,12 +71,17 @@ _PATTERNS = [
 _TOLERATED = re.compile(r"^(backbone\.layer\d.*|fpn\.downsample_layers\.([2-9]|\d\d+)\..+)$")
 
 
-def convert_yolact_official(in_path: str, out_path: str, input_size: int = 550) -> str:
+def convert_yolact_official(in_path: str, out_path: str, input_size: int | None = None) -> str:
     """Convert the official YOLACT checkpoint at `in_path` into a Lightning checkpoint at `out_path`.
 
-    `input_size` is the square input the weights were trained at (550; 700 for yolact_im700, 400 for im400).
-    Returns `out_path`; raises ValueError naming the file when the weights do not map.
+    `input_size` is the square input the weights were trained at (550; 700 for yolact_im700, 400 for im400);
+    None reads it from the file name (`input_size_from_name`). Returns `out_path`; raises ValueError naming the
+    file when the weights do not map.
     """
+    if input_size is None:
+        input_size = input_size_from_name(in_path)
+    elif input_size < 32:
+        raise ValueError(f"{in_path}: input_size must be >= 32 pixels (550, 700, ...), got {input_size}")
     state = read_state_dict(in_path, "a raw state dict of tensors (the official YOLACT format)", under_model=False)
     settings = official_settings(state, in_path, input_size)
     model = YOLACT(**settings)
@@ -74,7 +89,14 @@ def convert_yolact_official(in_path: str, out_path: str, input_size: int = 550) 
     return save_converted_checkpoint(model, out_path, "models.yolact.YOLACT")
 
 
-def official_settings(state: dict[str, Tensor], path: str, input_size: int = 550) -> dict[str, Any]:
+def input_size_from_name(path: str) -> int:
+    """The input size an official weights file was trained at, by its name: `yolact_im700_54_800000.pth` -> 700,
+    `yolact_im400_*` -> 400; any other name (yolact_base_*, yolact_resnet50_*) -> 550."""
+    match = _SIZE_IN_NAME.match(os.path.basename(path))
+    return int(match[1]) if match else BASE_INPUT_SIZE
+
+
+def official_settings(state: dict[str, Tensor], path: str, input_size: int = BASE_INPUT_SIZE) -> dict[str, Any]:
     """YOLACT constructor arguments reproducing the official v1 model whose weights are `state`."""
     for key in ("backbone.conv1.weight", "prediction_layers.0.bbox_layer.weight", "proto_net.10.weight"):
         if key not in state:
@@ -107,11 +129,12 @@ def official_settings(state: dict[str, Tensor], path: str, input_size: int = 550
         proto_channels=state["proto_net.0.weight"].shape[0],
         head_channels=state["prediction_layers.0.upfeature.0.weight"].shape[0],
         input_size=input_size,
-        anchor_scales=[int(scale * input_size / 550) for scale in OFFICIAL_SCALES],
+        anchor_scales=[int(scale * input_size / BASE_INPUT_SIZE) for scale in OFFICIAL_SCALES],
         aspect_ratios=[1.0, 0.5, 2.0],
         square_anchors=True,
         pixel_mean=list(RESNET_MEAN),
         pixel_std=list(RESNET_STD),
+        masks_to_train=OFFICIAL_MASKS_TO_TRAIN.get(input_size, 100),
     )
 
 

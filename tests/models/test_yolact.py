@@ -7,7 +7,7 @@ import torch.nn.functional as F
 import yaml
 
 from models.yolact import YOLACT
-from models.yolact.convert import convert_yolact_official, map_state_dict, official_settings
+from models.yolact.convert import convert_yolact_official, input_size_from_name, map_state_dict, official_settings
 from models.yolact.head import PredictionHead
 from models.yolact.loss import YolactLoss, YolactOutputs, YolactTarget, ssd_box_coder
 from models.yolact.postprocess import assemble_masks
@@ -411,6 +411,36 @@ def test_converted_checkpoint_loads_with_lightning(official_r50, tmp_path):
     model = YOLACT.load_from_checkpoint(out, map_location="cpu")
     assert model.hparams.square_anchors and model.hparams.num_classes == 80
     torch.testing.assert_close(model.neck.lateral[0].weight, official_r50["fpn.lat_layers.2.weight"])
+
+
+@pytest.mark.parametrize(
+    "name, size",
+    [("yolact_im700_54_800000.pth", 700), ("/w/yolact_im400_53_800000.pth", 400), ("yolact_base_54_800000.pth", 550),
+     ("yolact_resnet50_54_800000.pth", 550), ("my_yolact_im700_copy.pth", 550)],
+)
+def test_input_size_is_read_from_the_official_file_name(name, size):
+    assert input_size_from_name(name) == size
+
+
+def test_convert_verb_takes_the_input_size_from_the_name_or_the_flag(official_r50, tmp_path, capsys):
+    from experiments.cli import main
+
+    source = tmp_path / "yolact_im700_54_800000.pth"
+    torch.save(official_r50, source)
+    assert main(["convert", "yolact-official", str(source), str(tmp_path / "im700.ckpt")]) == 0
+    im700 = YOLACT.load_from_checkpoint(str(tmp_path / "im700.ckpt"), map_location="cpu").hparams
+    # The official yolact_im700_config, as experiments/configs/models/yolact/r101_700.yaml writes it.
+    paper = yaml.safe_load((CONFIGS / "models/yolact/r101_700.yaml").read_text())["model"]["init_args"]
+    assert im700.input_size == paper["input_size"] == 700
+    assert list(im700.anchor_scales) == paper["anchor_scales"] == [30, 61, 122, 244, 488]
+    assert im700.masks_to_train == paper["masks_to_train"] == 300
+
+    assert main(["convert", "yolact-official", str(source), str(tmp_path / "im400.ckpt"), "--input-size", "400"]) == 0
+    im400 = YOLACT.load_from_checkpoint(str(tmp_path / "im400.ckpt"), map_location="cpu").hparams
+    assert im400.input_size == 400 and list(im400.anchor_scales) == [17, 34, 69, 139, 279]
+    assert im400.masks_to_train == 100
+    with pytest.raises(SystemExit, match="--input-size applies to yolact-official only"):
+        main(["convert", "centermask2", str(source), str(tmp_path / "x.ckpt"), "--input-size", "400"])
 
 
 # ---------------------------------------------------------------------------------------------- configs
