@@ -2,13 +2,14 @@
 
     images (0..1) -> [RGB -> BGR if input_format="BGR"] -> resize (min/max size), normalise, pad to /32
       -> backbone (VoVNetV2 or any timm model): C3, C4, C5 -> FPN: P3..P5 + P6, P7 (strided convs from P5)
-      -> FCOSHead on P3..P7 -> [loss] FCOS targets + losses            -> loss_fcos_cls, loss_fcos_box, loss_fcos_ctr
-                            -> detections (class-wise NMS, top n)
+      -> FCOSHead on P3..P7 -> [loss] FCOS targets + losses (loss.py)  -> loss_fcos_cls, loss_fcos_box, loss_fcos_ctr
+                            -> detections (class-wise NMS, top n; postprocess.py)
       -> boxes [train: detached top 100 + ground truth, IoU >= 0.5 foreground | test: top 50]
       -> LevelRoIAlign on P3..P5 (scale-adaptive level, 14x14, aligned)
       -> SAG-Mask head (class-specific 28x28)  -> loss_mask
       -> MaskIoU head (RoI features + mask)    -> loss_maskiou; mask score = box score x predicted mask IoU
-      -> boxes rescaled and clipped, empty ones dropped, masks pasted (aligned) at each input's own resolution
+      -> postprocess.py: boxes rescaled and clipped, empty ones dropped, masks pasted (aligned) at each input's
+         own resolution
 
 Labels are the datamodule's contiguous classes throughout: FCOS classifies with one sigmoid per class, and
 "background" is the label `num_classes` inside the target assignment only.
@@ -26,21 +27,19 @@ import timm
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
-from torchvision.ops import clip_boxes_to_image
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from models.base import InstanceSegmentationModule
 from models.centermask.fcos_head import FCOSHead
-from models.centermask.fcos_loss import fcos_losses
-from models.centermask.fcos_postprocess import fcos_detections
-from models.centermask.fcos_targets import assign_targets, level_locations, size_ranges_per_level
-from models.centermask.mask_losses import mask_crops, mask_loss, maskiou_loss, maskiou_targets
+from models.centermask.fcos_targets import level_locations
+from models.centermask.loss import CenterMaskLoss
 from models.centermask.mask_rois import foreground_rois
+from models.centermask.mask_targets import maskiou_targets
 from models.centermask.maskiou_head import MaskIoUHead
+from models.centermask.postprocess import CenterMaskPostProcess
 from models.centermask.sag_mask_head import SAGMaskHead
 from models.common.backbone import TimmBackbone
 from models.common.fpn import FPN
-from models.common.masks import paste_masks
 from models.common.roi_pooler import LEVEL_RULES, LevelRoIAlign
 from models.common.vovnet import VOVNET_CONFIGS, VoVNetBackbone
 
@@ -181,7 +180,13 @@ class CenterMask(InstanceSegmentationModule):
         self.maskiou_head = (
             MaskIoUHead(fpn_channels, num_classes, maskiou_convs, maskiou_channels, roi_resolution) if maskiou else None
         )
-        self._size_ranges = size_ranges_per_level(list(sizes_of_interest))
+        self.criterion = CenterMaskLoss(
+            num_classes, self.neck.strides, list(sizes_of_interest), center_sampling_radius, focal_alpha, focal_gamma,
+            maskiou_loss_weight,
+        )
+        self.postprocess = CenterMaskPostProcess(
+            score_thresh, pre_nms_top_n, nms_thresh, post_nms_top_n_train, post_nms_top_n_test, mask_threshold
+        )
 
     # ---------------------------------------------------------------------------------------- model contract
 
@@ -221,65 +226,38 @@ class CenterMask(InstanceSegmentationModule):
         levels = list(self.neck(self.backbone(batch.tensors)).values())
         return levels, self.fcos_head(levels)
 
-    def _detections(
-        self, levels: list[Tensor], head: tuple[list[Tensor], ...], batch: ImageList, top_n: int
-    ) -> list[dict[str, Tensor]]:
-        hp = self.hparams
+    def _locations(self, levels: list[Tensor]) -> list[Tensor]:
+        """Per level float [H_l * W_l, 2]: the pixel centres of the level's cells."""
         sizes = [(int(level.shape[-2]), int(level.shape[-1])) for level in levels]
-        return fcos_detections(
-            *head, level_locations(sizes, self.neck.strides, levels[0].device), self.neck.strides,
-            hp.score_thresh, hp.pre_nms_top_n, hp.nms_thresh, top_n,
-        )
+        return level_locations(sizes, self.neck.strides, levels[0].device)
 
     def _predictions(
         self, levels: list[Tensor], head: tuple[list[Tensor], ...], batch: ImageList, images: list[Tensor]
     ) -> list[dict[str, Tensor]]:
-        """Test-time path: top-n FCOS detections (unclipped) -> masks (+ mask scores) -> input resolution."""
-        detections = self._detections(levels, head, batch, self.hparams.post_nms_top_n_test)
+        """Test-time path: top-n FCOS detections (unclipped) -> masks (+ predicted IoUs) -> input resolution."""
+        detections = self.postprocess.detections(head, self._locations(levels), self.neck.strides)
         boxes = [d["boxes"] for d in detections]
         labels = torch.cat([d["labels"] for d in detections])
-        scores = torch.cat([d["scores"] for d in detections])
-        mask_scores = None
-        mask_probs = levels[0].new_zeros((0, 1, 2 * self.roi_pool.output_size, 2 * self.roi_pool.output_size))
+        side = 2 * self.roi_pool.output_size
+        mask_probs, predicted_iou = levels[0].new_zeros((0, 1, side, side)), None
         if labels.numel():
             pooled = self.roi_pool(levels[: len(self.roi_pool.strides)], boxes, batch.image_sizes)
-            logits = self.mask_head(pooled)
-            mask_probs = logits[torch.arange(labels.numel(), device=labels.device), labels][:, None].sigmoid()
+            index = torch.arange(labels.numel(), device=labels.device)
+            mask_probs = self.mask_head(pooled)[index, labels][:, None].sigmoid()
             if self.maskiou_head is not None:
-                index = torch.arange(labels.numel(), device=labels.device)
                 predicted_iou = self.maskiou_head(pooled, mask_probs)[index, labels]
-                # Not clamped to [0, 1], as centermask2 (its ranking of masks keeps the head's raw output).
-                mask_scores = scores * predicted_iou
-        counts = [len(b) for b in boxes]
-        predictions = []
-        for index, (image_boxes, resized_size, image) in enumerate(zip(boxes, batch.image_sizes, images)):
-            input_size = (int(image.shape[-2]), int(image.shape[-1]))
-            # detectron2's detector_postprocess: rescale, clip, drop boxes left empty, then paste each mask (predicted
-            # for the unclipped box) into its clipped box.
-            image_boxes = clip_boxes_to_image(resize_boxes(image_boxes, resized_size, input_size), input_size)
-            keep = torch.nonzero(
-                (image_boxes[:, 2] > image_boxes[:, 0]) & (image_boxes[:, 3] > image_boxes[:, 1])
-            ).squeeze(1)
-            prediction = {
-                "boxes": image_boxes[keep].float(),
-                "scores": scores.split(counts)[index][keep].float(),
-                "labels": labels.split(counts)[index][keep],
-                "masks": paste_masks(
-                    mask_probs.split(counts)[index][keep], image_boxes[keep], input_size, self.hparams.mask_threshold,
-                    aligned=True,
-                ),
-            }
-            if mask_scores is not None:
-                prediction["mask_scores"] = mask_scores.split(counts)[index][keep].float()
-            predictions.append(prediction)
-        return predictions
+        elif self.maskiou_head is not None:
+            predicted_iou = levels[0].new_zeros(0)
+        input_sizes = [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
+        return self.postprocess(detections, mask_probs, predicted_iou, batch.image_sizes, input_sizes)
 
     def _losses(
         self, levels: list[Tensor], head: tuple[list[Tensor], ...], batch: ImageList, targets: list[dict[str, Tensor]]
     ) -> dict[str, Tensor]:
         """Training path: FCOS losses on every location, mask (and MaskIoU) losses on foreground RoIs."""
-        losses = self._fcos_losses(levels, head, targets)
-        proposals = self._detections(levels, head, batch, self.hparams.post_nms_top_n_train)
+        locations = self._locations(levels)
+        losses = self.criterion.fcos(head, locations, targets)
+        proposals = self.postprocess.detections(head, locations, self.neck.strides, training=True)
         hp = self.hparams
         rois = foreground_rois(
             [p["boxes"] for p in proposals], [t["boxes"] for t in targets], hp.mask_iou_thresh,
@@ -288,57 +266,14 @@ class CenterMask(InstanceSegmentationModule):
         roi_boxes = [boxes for boxes, _ in rois]
         pooled = self.roi_pool(levels[: len(self.roi_pool.strides)], roi_boxes, batch.image_sizes)
         logits = self.mask_head(pooled)
-        labels = torch.cat([t["labels"][matched] for t, (_, matched) in zip(targets, rois)])
-        resolution = logits.shape[-1]
-        crops = torch.cat(
-            [mask_crops(t["masks"], boxes, matched, resolution) for t, (boxes, matched) in zip(targets, rois)]
-        )
-        losses["loss_mask"], selected = mask_loss(logits, labels, (crops >= 0.5).float())
+        labels, crops, gt_areas = self.criterion.mask_targets(targets, rois, logits.shape[-1])
+        losses["loss_mask"], selected = self.criterion.loss_mask(logits, labels, crops)
         if self.maskiou_head is not None:
-            gt_areas = torch.cat(
-                [t["masks"].flatten(1).sum(dim=1)[matched].float() for t, (_, matched) in zip(targets, rois)]
-            )
             iou_targets = maskiou_targets(selected, crops, gt_areas, torch.cat(roi_boxes))
             # The mask goes in with its gradient, as in centermask2: the MaskIoU loss also shapes the mask head.
             predicted_iou = self.maskiou_head(pooled, selected[:, None].sigmoid())
-            losses["loss_maskiou"] = maskiou_loss(predicted_iou, labels, iou_targets, hp.maskiou_loss_weight)
+            losses["loss_maskiou"] = self.criterion.loss_maskiou(predicted_iou, labels, iou_targets)
         return losses
-
-    def _fcos_losses(
-        self, levels: list[Tensor], head: tuple[list[Tensor], ...], targets: list[dict[str, Tensor]]
-    ) -> dict[str, Tensor]:
-        cls_logits, box_regression, centerness = head
-        strides = self.neck.strides
-        sizes = [(int(level.shape[-2]), int(level.shape[-1])) for level in levels]
-        locations = level_locations(sizes, strides, levels[0].device)
-        counts = [len(points) for points in locations]
-        location_strides = torch.cat(
-            [points.new_full((count,), float(stride)) for points, count, stride in zip(locations, counts, strides)]
-        )
-        size_ranges = torch.cat(
-            [points.new_tensor(bounds).expand(count, 2) for points, count, bounds in
-             zip(locations, counts, self._size_ranges)]
-        )
-        all_locations = torch.cat(locations)
-        labels, box_targets = [], []
-        for target in targets:
-            image_labels, distances = assign_targets(
-                all_locations, location_strides, size_ranges, target["boxes"], target["labels"],
-                self.hparams.num_classes, self.hparams.center_sampling_radius,
-            )
-            labels.append(image_labels)
-            box_targets.append(distances / location_strides[:, None])  # the head regresses in strides
-        num_classes = self.hparams.num_classes
-        return fcos_losses(
-            _flatten_levels(cls_logits).float(),
-            _flatten_levels(box_regression).float(),
-            _flatten_levels(centerness).reshape(-1).float(),
-            torch.cat(labels),
-            torch.cat(box_targets),
-            num_classes,
-            self.hparams.focal_alpha,
-            self.hparams.focal_gamma,
-        )
 
     # ------------------------------------------------------------------------------------------------ inputs
 
@@ -368,12 +303,6 @@ class CenterMask(InstanceSegmentationModule):
                 {"boxes": target["boxes"][keep].float(), "labels": labels, "masks": target["masks"][keep].to(torch.uint8)}
             )
         return converted
-
-
-def _flatten_levels(maps: list[Tensor]) -> Tensor:
-    """Per level [B, D, H_l, W_l] -> [B * P, D], image by image, each image's locations level by level (the
-    order of `level_locations` and of the targets)."""
-    return torch.cat([m.permute(0, 2, 3, 1).reshape(m.shape[0], -1, m.shape[1]) for m in maps], dim=1).flatten(0, 1)
 
 
 def _build_backbone(

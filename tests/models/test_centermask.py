@@ -11,7 +11,7 @@ import yaml
 from models.centermask import CenterMask
 from models.centermask.convert import convert_centermask2, map_key, map_state_dict, official_settings
 from models.centermask.fcos_head import FCOSHead
-from models.centermask.fcos_loss import fcos_losses
+from models.centermask.fcos_loss import smoothed_giou_loss
 from models.centermask.fcos_postprocess import fcos_detections
 from models.centermask.fcos_targets import (
     assign_targets,
@@ -19,7 +19,9 @@ from models.centermask.fcos_targets import (
     level_locations,
     size_ranges_per_level,
 )
-from models.centermask.mask_losses import mask_crops, maskiou_loss, maskiou_targets
+from models.centermask.loss import CenterMaskLoss
+from models.centermask.mask_targets import mask_crops, maskiou_targets
+from models.centermask.postprocess import CenterMaskPostProcess
 from models.centermask.mask_rois import foreground_rois
 from models.centermask.maskiou_head import MaskIoUHead
 from models.centermask.sag_mask_head import SAGMaskHead
@@ -105,34 +107,54 @@ def test_centerness_target():
 # -------------------------------------------------------------------------------------------- FCOS loss
 
 
-def test_fcos_losses_normalisation_and_centerness_weighting():
-    num_classes = 2
+def test_fcos_loss_terms_normalisation_and_centerness_weighting():
+    criterion = CenterMaskLoss(num_classes=2, strides=[8])
     labels = torch.tensor([0, 1, 2, 2])  # two positives, two background
-    targets = torch.tensor([[10.0, 10.0, 10.0, 10.0], [10.0, 20.0, 30.0, 5.0], [1.0] * 4, [1.0] * 4])
-    predictions = torch.tensor([[8.0, 10.0, 12.0, 10.0], [10.0, 20.0, 30.0, 5.0], [0.0] * 4, [0.0] * 4])
+    positive = torch.tensor([0, 1])
+    targets = torch.tensor([[10.0, 10.0, 10.0, 10.0], [10.0, 20.0, 30.0, 5.0]])
+    predictions = torch.tensor([[8.0, 10.0, 12.0, 10.0], [10.0, 20.0, 30.0, 5.0]])
     logits = torch.tensor([[2.0, -3.0], [-1.0, 0.5], [-4.0, -4.0], [0.0, 1.0]])
-    ctr_logits = torch.tensor([0.3, -0.2, 5.0, 5.0])
-    losses = fcos_losses(logits, predictions, ctr_logits, labels, targets, num_classes)
+    ctr_logits = torch.tensor([0.3, -0.2])
 
     from torchvision.ops import sigmoid_focal_loss
 
     one_hot = torch.tensor([[1.0, 0], [0, 1.0], [0, 0], [0, 0]])
-    torch.testing.assert_close(losses["loss_fcos_cls"], sigmoid_focal_loss(logits, one_hot, reduction="sum") / 2)
-    weights = centerness_targets(targets[:2])
+    torch.testing.assert_close(criterion.loss_fcos_cls(logits, labels, positive, 2.0),
+                               sigmoid_focal_loss(logits, one_hot, reduction="sum") / 2)
+    weights = centerness_targets(targets)
     # The second prediction is perfect: the loss is the first's GIoU loss times its weight share. By hand, in
     # centermask2's smoothed form: areas 20x20 = 400 each, intersection 18x20 = 360, union 440, enclosing 22x20 =
     # 440, so IoU = (360 + 1) / (440 + 1), GIoU = IoU - 0 and the loss 1 - 361/441 = 80/441 (torchvision's
     # unsmoothed GIoU loss would be 80/440).
-    torch.testing.assert_close(losses["loss_fcos_box"], weights[0] * (80 / 441) / weights.sum())
-    bce = torch.nn.functional.binary_cross_entropy_with_logits(ctr_logits[:2], weights, reduction="sum") / 2
-    torch.testing.assert_close(losses["loss_fcos_ctr"], bce)
+    torch.testing.assert_close(criterion.loss_fcos_box(predictions, targets, weights, float(weights.sum())),
+                               weights[0] * (80 / 441) / weights.sum())
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(ctr_logits, weights, reduction="sum") / 2
+    torch.testing.assert_close(criterion.loss_fcos_ctr(ctr_logits, weights, 2.0), bce)
+
+
+def test_smoothed_giou_differs_from_torchvisions_giou_by_the_plus_one_only():
+    from torchvision.ops import generalized_box_iou_loss
+
+    predicted = torch.tensor([[1.0, 2.0, 3.0, 1.0], [0.5, 0.5, 0.5, 0.5]])
+    targets = torch.tensor([[2.0, 1.0, 2.0, 2.0], [1.0, 1.0, 1.0, 1.0]])
+    as_box = lambda d: torch.stack([-d[:, 0], -d[:, 1], d[:, 2], d[:, 3]], 1)  # noqa: E731
+    # Both are 1 - IoU + (C - U) / C; only the IoU term differs: smoothed - plain = I / U - (I + 1) / (U + 1).
+    # First pair: 4x3 and 4x3 boxes, intersection (1 + 2) x (1 + 1) = 6, union 12 + 12 - 6 = 18; second: 1x1 inside
+    # 2x2, intersection 1, union 4.
+    plain = generalized_box_iou_loss(as_box(predicted), as_box(targets), reduction="none")
+    smoothed = smoothed_giou_loss(predicted, targets)
+    inter, union = torch.tensor([6.0, 1.0]), torch.tensor([18.0, 4.0])
+    torch.testing.assert_close(smoothed - plain, inter / union - (inter + 1) / (union + 1))
 
 
 def test_fcos_losses_without_positives_are_finite_and_connected():
-    logits = torch.zeros(3, 2, requires_grad=True)
-    regression = torch.ones(3, 4, requires_grad=True)
-    ctr = torch.zeros(3, requires_grad=True)
-    losses = fcos_losses(logits, regression, ctr, torch.tensor([2, 2, 2]), torch.ones(3, 4), 2)
+    criterion = CenterMaskLoss(num_classes=2, strides=[8])
+    logits = torch.zeros(1, 2, 1, 3, requires_grad=True)
+    regression = torch.ones(1, 4, 1, 3, requires_grad=True)
+    ctr = torch.zeros(1, 1, 1, 3, requires_grad=True)
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
+    losses = criterion.fcos(([logits], [regression], [ctr]), level_locations([(1, 3)], [8]), [empty])
+    assert set(losses) == {"loss_fcos_cls", "loss_fcos_box", "loss_fcos_ctr"}
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
     assert regression.grad is not None and ctr.grad is not None
@@ -277,10 +299,11 @@ def test_maskiou_targets_need_no_polygons():
 
 
 def test_maskiou_loss_counts_positive_targets_only():
+    criterion = CenterMaskLoss(num_classes=2, strides=[8], maskiou_loss_weight=2.0)
     predicted = torch.tensor([[0.2, 0.9], [0.5, 0.1], [0.3, 0.3]])
-    loss = maskiou_loss(predicted, torch.tensor([1, 0, 1]), torch.tensor([0.7, 0.5, 0.0]), weight=2.0)
-    assert float(loss) == pytest.approx(2.0 * 0.5 * ((0.9 - 0.7) ** 2 + 0.0) / 2)
-    assert float(maskiou_loss(predicted, torch.tensor([0, 0, 0]), torch.zeros(3))) == 0.0
+    loss = criterion.loss_maskiou(predicted, torch.tensor([1, 0, 1]), torch.tensor([0.7, 0.5, 0.0]))
+    assert float(loss) == pytest.approx(2.0 * 0.5 * ((0.9 - 0.7) ** 2 + (0.5 - 0.5) ** 2) / 2)
+    assert float(criterion.loss_maskiou(predicted, torch.tensor([0, 0, 0]), torch.zeros(3))) == 0.0
 
 
 def test_maskiou_head_shapes():
@@ -303,15 +326,34 @@ def test_crowd_regions_are_excluded_from_training(frozen_model):
     assert seeded_losses(frozen_model, images, as_instance)["loss_fcos_cls"] != with_crowd["loss_fcos_cls"]
 
 
+def test_postprocess_rescales_clips_drops_empty_boxes_and_scores_masks_apart():
+    post = CenterMaskPostProcess(mask_threshold=0.5)
+    detections = [{
+        "boxes": torch.tensor([[2.0, 2.0, 10.0, 10.0], [-6.0, 20.0, 8.0, 40.0], [33.0, 0.0, 40.0, 8.0]]),
+        "scores": torch.tensor([0.9, 0.6, 0.5]), "labels": torch.tensor([2, 0, 1]),
+    }]
+    probs = torch.ones(3, 1, 28, 28)
+    iou = torch.tensor([1.4, -0.2, 0.7])  # outside [0, 1]: used as they are, as centermask2 does
+    (out,) = post(detections, probs, iou, [(32, 32)], [(64, 64)])
+    # x2 to the 64x64 input, clipped; the third box starts right of the 32 px wide resized image: dropped.
+    torch.testing.assert_close(out["boxes"], torch.tensor([[4.0, 4.0, 20.0, 20.0], [0.0, 40.0, 16.0, 64.0]]))
+    torch.testing.assert_close(out["scores"], torch.tensor([0.9, 0.6]))
+    torch.testing.assert_close(out["mask_scores"], torch.tensor([0.9 * 1.4, 0.6 * -0.2]))
+    assert out["labels"].tolist() == [2, 0] and out["masks"].shape == (2, 64, 64)
+    assert int(out["masks"][0].sum()) == 16 * 16 and int(out["masks"][1].sum()) == 16 * 24  # filled clipped boxes
+    (plain,) = post(detections, probs, None, [(32, 32)], [(64, 64)])
+    assert "mask_scores" not in plain
+
+
 def _with_detections(model, boxes, scores, labels):
     """`model` whose FCOS stage returns these detections (resized frame) for the first image, none for others."""
 
-    def detections(levels, head, batch, top_n):
+    def detections(head, locations, strides, training=False):
         first = {"boxes": torch.tensor(boxes), "scores": torch.tensor(scores), "labels": torch.tensor(labels)}
         empty = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}
-        return [first] + [empty] * (len(batch.image_sizes) - 1)
+        return [first] + [empty] * (head[0][0].shape[0] - 1)
 
-    model._detections = detections
+    model.postprocess.detections = detections
     return model
 
 

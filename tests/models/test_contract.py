@@ -1,7 +1,8 @@
 """The model contract, checked for every registered architecture with its tiny configuration.
 
 forward: list of [3,H,W] -> per image boxes float32 [K,4], scores float32 [K], labels int64 [K] in
-[0, num_classes), masks bool [K,H,W] at the input's resolution, in train and eval mode.
+[0, num_classes), masks bool [K,H,W] at the input's resolution (optionally mask_scores float32 [K]), in train and
+eval mode.
 compute_losses: scalar finite `loss_*` terms in train and eval mode, gradients down to the backbone's stem.
 """
 import pytest
@@ -130,8 +131,11 @@ def test_predictions_follow_the_contract(name, train_mode):
         predictions = model(images)
     assert len(predictions) == len(images)
     for prediction, image in zip(predictions, images):
-        assert set(prediction) == {"boxes", "scores", "labels", "masks"}
+        # `mask_scores` is optional (segm AP ranks masks by it; CenterMask's box score x predicted mask IoU).
+        assert set(prediction) - {"mask_scores"} == {"boxes", "scores", "labels", "masks"}
         num = prediction["scores"].shape[0]
+        if "mask_scores" in prediction:
+            assert prediction["mask_scores"].dtype == torch.float32 and prediction["mask_scores"].shape == (num,)
         height, width = image.shape[-2:]
         assert prediction["boxes"].dtype == torch.float32 and prediction["boxes"].shape == (num, 4)
         assert prediction["scores"].dtype == torch.float32

@@ -1,4 +1,4 @@
-"""Targets and losses of the mask branch: per-pixel BCE of the SAG-Mask head, L2 of the MaskIoU head.
+"""Targets of the mask branch: the SAG-Mask head's 28x28 crops and the MaskIoU head's IoUs (the losses: loss.py).
 
 The MaskIoU target of a RoI is the IoU between its predicted mask (logit > 0 on the 28x28 grid of the RoI's
 ground-truth class) and its ground-truth instance — the WHOLE instance, part of which may lie outside the RoI.
@@ -10,7 +10,6 @@ RLE annotations are both masks by the time they reach the model, so both work.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from models.common.masks import crop_and_resize_masks
@@ -22,23 +21,6 @@ def mask_crops(gt_masks: Tensor, rois: Tensor, matched: Tensor, size: int) -> Te
     gt_masks: [N, H, W] of one image; rois: float [F, 4] xyxy in its pixels; matched: int64 [F] into gt_masks.
     """
     return crop_and_resize_masks(gt_masks, rois, size, mask_indices=matched, aligned=True)
-
-
-def mask_loss(mask_logits: Tensor, labels: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-    """BCE of each RoI's ground-truth-class mask against its binary target.
-
-    Args:
-        mask_logits: float [F, C, M, M]; labels: int64 [F] (the matched ground truth's class); targets: float
-            [F, M, M] of 0 / 1.
-
-    Returns:
-        (loss scalar, the selected logits [F, M, M]). With no RoI the loss is a zero that keeps the head in the
-        graph.
-    """
-    selected = mask_logits[torch.arange(mask_logits.shape[0], device=mask_logits.device), labels]
-    if selected.numel() == 0:
-        return mask_logits.sum() * 0, selected
-    return F.binary_cross_entropy_with_logits(selected, targets.to(selected.dtype)), selected
 
 
 @torch.no_grad()
@@ -61,15 +43,3 @@ def maskiou_targets(selected_logits: Tensor, crops: Tensor, gt_areas: Tensor, ro
     outside = (gt_areas.float() - inside).clamp(min=0) * cells_per_pixel  # ... outside it, in grid cells
     union = predicted.sum(dim=(1, 2)).float() + target.sum(dim=(1, 2)).float() - overlap + outside
     return overlap / union.clamp(min=1.0)
-
-
-def maskiou_loss(predicted_iou: Tensor, labels: Tensor, targets: Tensor, weight: float = 1.0) -> Tensor:
-    """weight x mean over RoIs with target > 0 of 0.5 (predicted IoU of the class - target)^2 (centermask2's L2).
-
-    predicted_iou: float [F, C]; labels: int64 [F]; targets: float [F].
-    """
-    selected = predicted_iou[torch.arange(predicted_iou.shape[0], device=predicted_iou.device), labels]
-    valid = targets > 0
-    if not bool(valid.any()):
-        return predicted_iou.sum() * 0
-    return weight * 0.5 * ((selected[valid] - targets[valid]) ** 2).mean()
