@@ -304,6 +304,7 @@ def _train(trainer, model, datamodule, directory: Path) -> dict[str, Any]:
         "accelerator": type(trainer.accelerator).__name__,
         "strategy": type(trainer.strategy).__name__,
         "precision": str(trainer.precision),
+        "schedule": model.schedule,  # lr / steps as trained: linearly scaled to the real batch (models/base.py)
         "monitor": monitor,
     }
 

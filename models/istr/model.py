@@ -76,6 +76,9 @@ class ISTR(InstanceSegmentationModule):
             decay 1e-4, warm-up 1000 steps from 0.01, gradient clipping 1.0 via the trainer).
     """
 
+    # The official train_net.py gives every trainable parameter the weight decay (no norm or bias exemption).
+    WEIGHT_DECAY_RULE = "all"
+
     def __init__(
         self,
         num_classes: int,

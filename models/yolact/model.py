@@ -60,6 +60,11 @@ class YOLACT(InstanceSegmentationModule):
         **kwargs: optimiser and schedule settings of InstanceSegmentationModule.
     """
 
+    # The official recipe: torch.optim.SGD(net.parameters(), weight_decay=5e-4) decays every parameter, and
+    # train.py freezes BatchNorm when a GPU holds fewer than 6 images.
+    WEIGHT_DECAY_RULE = "all"
+    BN_MIN_BATCH = 6
+
     def __init__(
         self,
         num_classes: int,
