@@ -80,9 +80,9 @@ class InstanceSegmentationModule(L.LightningModule, ABC):
 
     max_steps lives on the Trainer, yet with a reference batch it is a schedule length like lr_steps: at fit start
     the model rescales it with the same factor (in `trainer.fit_loop.epoch_loop.max_steps`, where Lightning keeps
-    Trainer(max_steps)), so a config's `trainer.max_steps` is always the reference-batch value. A model trained from scratch with frozen BatchNorm
-    (timm zero-initialises the last norm of each residual block: frozen, that branch never learns) is refused at
-    fit start.
+    Trainer(max_steps)), so a config's `trainer.max_steps` is always the reference-batch value. A model trained from
+    scratch with frozen BatchNorm (timm zero-initialises the last norm of each residual block: frozen, that branch
+    never learns) is refused at fit start.
 
     The schedule is stepped after every optimizer step. A non-finite training loss skips that optimizer step (the
     weights and optimizer state stay as they were; counted in `skipped_steps`, logged as `train/skipped_steps`);
@@ -140,7 +140,8 @@ class InstanceSegmentationModule(L.LightningModule, ABC):
 
     @abstractmethod
     def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
-        """list of [3,H,W] float 0..1 -> list of dict(boxes [K,4], scores [K], labels [K], masks bool [K,H,W])."""
+        """list of [3,H,W] uint8 0..255 or float 0..1 -> list of dict(boxes [K,4], scores [K], labels [K],
+        masks bool [K,H,W])."""
 
     @abstractmethod
     def compute_losses(self, images: list[Tensor], targets: list[dict[str, Any]]) -> dict[str, Tensor]:

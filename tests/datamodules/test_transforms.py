@@ -142,7 +142,8 @@ def rectangles_sample(height: int = 60, width: int = 80, count: int = 5, seed: i
     target = {
         "boxes": tv_tensors.BoundingBoxes(torch.tensor(boxes, dtype=torch.float32), format="XYXY",
                                           canvas_size=(height, width)),
-        "labels": torch.arange(count), "masks": tv_tensors.Mask(masks), "iscrowd": torch.zeros(count, dtype=torch.int64),
+        "labels": torch.arange(count), "masks": tv_tensors.Mask(masks),
+        "iscrowd": torch.zeros(count, dtype=torch.int64),
         "image_id": 1, "orig_size": (height, width),
     }
     return tv_tensors.Image(image), target

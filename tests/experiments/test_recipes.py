@@ -1,4 +1,4 @@
-"""The paper configs hold to experiments/configs/RECIPES.md, and every YAML under experiments/configs/ parses and builds.
+"""Paper configs hold to experiments/configs/RECIPES.md; every YAML under experiments/configs/ parses and builds.
 
 RECIPES.md's tables are the machine-readable recipe: one column per paper config, one row per (setting, config key);
 each config is loaded through the real CLI parser (maskbench fit's LightningCLI, defaults resolved) and every cell
@@ -190,3 +190,36 @@ def test_every_sweep_plans_runs_whose_configs_parse(sweep, monkeypatch):
         argv = [arg for c in run.configs for arg in ("--config", c)]
         argv += [f"--{name}={value}" for name, value in run.overrides]
         parsed_config(monkeypatch, *argv)
+
+
+# ------------------------------------------------------------------------ a paper config through `maskbench fit`
+
+def _tiny_fit_argv(config: str, root, tmp_path) -> list[str]:
+    model_class = _model_class(config)
+    return ["fit", "--config", str(CONFIGS / config),
+            *(f"--model.init_args.{name}={value if isinstance(value, str) else json.dumps(value)}"
+              for name, value in TINY[model_class].items()),
+            *CPU_TRAINER, "--data.root", str(root), "--data.num_workers", "0", "--data.batch_size", "2",
+            "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
+            "--trainer.default_root_dir", str(tmp_path)]
+
+
+def test_fit_of_a_paper_config_prints_the_scaled_schedule(small_synthetic_root, tmp_path, capsys):
+    from experiments.cli import main
+
+    # Mask R-CNN 1x at 1 device x 2 images against its reference of 16: lr / 8, every step count x 8; the
+    # config's max_steps is overridden to 1 reference step, i.e. 8 steps at this batch.
+    argv = _tiny_fit_argv("models/mask_rcnn/r50_fpn.yaml", small_synthetic_root, tmp_path)
+    assert main([*argv, "--trainer.max_steps", "1"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "linear scaling" in line]
+    assert lines == ["[MaskRCNN] linear scaling: 1 device(s) x 2 images x 1 accumulated = 2 per step vs reference 16 "
+                     "(x0.125): lr 0.02 -> 0.0025, lr_steps [60000, 80000] -> [480000, 640000], warmup_steps 1000 -> "
+                     "8000, max_steps 1 -> 8"]
+
+
+def test_fit_of_yolact_refuses_batchnorm_on_two_images_per_device(small_synthetic_root, tmp_path):
+    from experiments.cli import main
+
+    argv = _tiny_fit_argv("models/yolact/r50_550.yaml", small_synthetic_root, tmp_path)
+    with pytest.raises(ValueError, match=r"BatchNorm layers train on 2 images \(per device\).*minimum of 6"):
+        main([*argv, "--trainer.max_steps", "1"])
