@@ -56,7 +56,7 @@ def complexity(model: nn.Module, images: Sequence[Tensor]) -> dict[str, Any]:
     was_training = model.training
     model.eval()
     try:
-        flops = [image_flops(model, image.to(device, torch.float32)) for image in images]
+        flops = [image_flops(model, image.to(device)) for image in images]
     finally:
         model.train(was_training)
     gflops = statistics.fmean(flops) / 1e9

@@ -106,7 +106,10 @@ def _training_batches(args) -> tuple[list, int]:
     datamodule = CocoDataModule(batch_size=args.train_batch, num_workers=0, hflip_prob=0.0)
     datamodule.setup("fit")
     loader = iter(datamodule.train_dataloader())
-    return [next(loader) for _ in range(args.train_steps)], datamodule.num_classes
+    # float 0..1 for both: torchvision's transform refuses the datamodule's uint8 images.
+    batches = [([image.float() / 255 for image in images], targets) for images, targets in
+               (next(loader) for _ in range(args.train_steps))]
+    return batches, datamodule.num_classes
 
 
 class _StepTimer(L.Callback):

@@ -10,7 +10,7 @@ Protocol (the field's practice, /work/shared/reference/benchmarking.md):
     (`precision` "16" / "bf16"), channels_last weights, torch.compile, cudnn.benchmark;
   * `warmup` untimed calls, then `iters` timed calls; the device is synchronised right before and right after
     each timed call (the `synchronize` below) and nowhere else inside it;
-  * end to end = raw 0..1 images -> the model's own resize/normalise -> network -> post-processing -> boxes and
+  * end to end = raw uint8 images -> the model's own resize/normalise -> network -> post-processing -> boxes and
     masks pasted at each image's full resolution (left on the device: no host copy);
   * model only = the same call stopped right after the network's last raw head output (see `ModelSplit`), timed
     in calls of its own: its stop hook is attached for those calls only, never during an end-to-end call;
@@ -138,7 +138,7 @@ def synchronize(device: torch.device) -> None:
 
 
 def load_val_images(datamodule, count: int) -> list[Tensor]:
-    """The first `count` val images of `datamodule` (fewer if the split is smaller), float [3,H,W] in 0..1,
+    """The first `count` val images of `datamodule` (fewer if the split is smaller), uint8 [3,H,W] as its loader sends,
     decoded once through the datamodule's own eval pipeline, on the CPU. The benchmark cycles through them."""
     if count < 1:
         raise ValueError(f"load_val_images: count must be >= 1, got {count}")
@@ -191,10 +191,11 @@ class SpeedRun:
         if not images:
             raise ValueError("benchmark needs at least one image")
         for index, image in enumerate(images):
-            valid = isinstance(image, Tensor) and image.dim() == 3 and image.shape[0] == 3 and image.is_floating_point()
+            valid = isinstance(image, Tensor) and image.dim() == 3 and image.shape[0] == 3 and (
+                image.is_floating_point() or image.dtype == torch.uint8)
             if not valid:
                 raise ValueError(
-                    f"image {index}: expected a float tensor [3,H,W] in 0..1, got "
+                    f"image {index}: expected a uint8 (0..255) or float (0..1) tensor [3,H,W], got "
                     f"{type(image).__name__} {tuple(getattr(image, 'shape', ()))} {getattr(image, 'dtype', '')}"
                 )
         self.device = torch.device(device)

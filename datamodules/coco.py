@@ -158,7 +158,7 @@ class _PackedRecords:
 class CocoInstanceDataset(Dataset):
     """One split of a COCO-format dataset.
 
-    `dataset[i]` is `(image, target)`: image float32 [3,H,W] in 0..1 (after `transforms`), target a dict with
+    `dataset[i]` is `(image, target)`: image uint8 [3,H,W] 0..255 (after `transforms`), target a dict with
     boxes float32 [N,4] xyxy pixels, labels int64 [N] contiguous, masks uint8 [N,H,W], iscrowd int64 [N],
     image_id int (the file's own id), orig_size (H0, W0). Crowd regions are included, flagged by iscrowd.
 
@@ -450,6 +450,10 @@ class CocoDataModule(L.LightningDataModule):
     COCO-format dataset (datamodules.synthetic, generated once and cached) is used; `synthetic_*` choose its size,
 seed and style ("simple", the default, or the harder "textured").
 
+    Training augmentation: `augmentation` names a recipe (datamodules.transforms.AUGMENTATIONS: "flip", YOLACT's
+    "ssd", ISTR's "istr_crop"); `hflip_prob` is its flip probability, `photometric` / `scale_jitter` extend "flip".
+    Images leave the workers as uint8; the models normalise on the device.
+
     `num_classes`, `class_names` and `label_to_cat_id` are readable right after construction (they read only the
     categories of the val annotation file, or train's if there is no val split), because LightningCLI links
     `data.num_classes` into the model before fitting starts.
@@ -474,6 +478,7 @@ seed and style ("simple", the default, or the harder "textured").
         hflip_prob: float = 0.5,
         photometric: bool = False,
         scale_jitter: list[float] | None = None,
+        augmentation: str = "flip",
         synthetic_num_train: int = 200,
         synthetic_num_val: int = 50,
         synthetic_image_size: int = 128,
@@ -490,7 +495,7 @@ seed and style ("simple", the default, or the harder "textured").
             if (images is None) != (ann is None):
                 raise ValueError(f"give both {split}_images and {split}_ann, or neither")
         # Build the train pipeline now so a bad hflip_prob / scale_jitter fails at configuration time.
-        self.train_transforms = build_train_transforms(hflip_prob, photometric, scale_jitter)
+        self.train_transforms = build_train_transforms(hflip_prob, photometric, scale_jitter, augmentation)
         self.eval_transforms = build_eval_transforms()
         self.train_dataset: CocoInstanceDataset | None = None
         self.val_dataset: CocoInstanceDataset | None = None

@@ -261,6 +261,8 @@ def _describe(cli) -> dict[str, Any]:
     name = next((key for key, cls in models.MODELS.items() if type(model) is cls), type(model).__name__)
     hparams = dict(model.hparams)
     input_size = hparams.get("input_size") or hparams.get("min_size")
+    if isinstance(input_size, (list, tuple)):  # multi-scale training: the last size is the test size
+        input_size = input_size[-1]
     val_images, val_ann = datamodule.split_paths("val")
     return {
         "model": name,
@@ -304,6 +306,7 @@ def _train(trainer, model, datamodule, directory: Path) -> dict[str, Any]:
         "accelerator": type(trainer.accelerator).__name__,
         "strategy": type(trainer.strategy).__name__,
         "precision": str(trainer.precision),
+        "schedule": model.schedule,  # lr / steps as trained: linearly scaled to the real batch (models/base.py)
         "monitor": monitor,
     }
 

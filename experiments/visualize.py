@@ -52,7 +52,8 @@ def overlay(image: Tensor, target: dict[str, Any], prediction: dict[str, Tensor]
             score_thresh: float) -> Tensor:
     """[ground truth | prediction] side by side, uint8 [3, sH, 2sW + GAP]: s, an integer zoom (nearest neighbour)
     that brings small images to MIN_SIDE px so the captions stay readable."""
-    pixels = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+    pixels = image.detach().cpu() if image.dtype == torch.uint8 else \
+        (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()  # the datamodule sends uint8
     zoom = max(1, -(-MIN_SIDE // max(pixels.shape[-2:])))
     pixels = _zoom(pixels, zoom)
     target = {**target, "masks": _zoom(target["masks"].cpu(), zoom), "boxes": target["boxes"].cpu().float() * zoom}

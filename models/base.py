@@ -25,8 +25,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from timm.optim import param_groups_weight_decay
-from torch import Tensor
+from torch import Tensor, nn
 
 from models.common.files import write_json_atomic
 
@@ -34,11 +33,21 @@ log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("sgd", "adamw")
 LR_SCHEDULES = ("multistep", "cosine", "constant")
+# Which parameters weight decay applies to: "skip_norm" (detectron2: weights and biases, not normalisation layers;
+# WEIGHT_DECAY_NORM = 0, WEIGHT_DECAY_BIAS = WEIGHT_DECAY), "all" (every trainable parameter: YOLACT's and ISTR's
+# torch.optim over model.parameters()), "skip_bias_and_norm" (timm's rule: nothing with ndim <= 1).
+WEIGHT_DECAY_RULES = ("skip_norm", "all", "skip_bias_and_norm")
+# The layers detectron2's build_optimizer treats as norms (its NORM_MODULE_TYPES, plus timm's subclasses of these).
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 METRICS_FILE = "metrics.json"
 _EVAL_PREFIXES = ("val/", "test/")
 
 
 class InstanceSegmentationModule(L.LightningModule, ABC):
+    # Per-architecture defaults of the official recipes; a subclass overrides them (see the Args below).
+    WEIGHT_DECAY_RULE = "skip_norm"
+    BN_MIN_BATCH = 1
+
     """Base LightningModule of the instance-segmentation architectures.
 
     Args:
@@ -46,8 +55,9 @@ class InstanceSegmentationModule(L.LightningModule, ABC):
         optimizer: "sgd" (with `momentum`) or "adamw".
         lr: peak learning rate (after warm-up).
         momentum: SGD momentum (unused by AdamW).
-        weight_decay: applied to weights only; biases and norm-layer parameters (every parameter with ndim <= 1)
-            get none, the standard practice (timm's param_groups_weight_decay).
+        weight_decay: the decay of the parameters `weight_decay_rule` picks (the others get none).
+        weight_decay_rule: one of WEIGHT_DECAY_RULES; None: the architecture's official rule (the class attribute
+            WEIGHT_DECAY_RULE: detectron2's "skip_norm" unless a subclass says otherwise).
         lr_schedule: "multistep" (multiply by `lr_gamma` at each of `lr_steps`), "cosine" (to 0 at the trainer's
             estimated_stepping_batches) or "constant".
         lr_steps: optimizer steps at which "multistep" decays the learning rate (increasing).
@@ -59,6 +69,20 @@ class InstanceSegmentationModule(L.LightningModule, ABC):
         loss_weights: multipliers of named loss terms in the total, e.g. {"loss_box": 2.0}; terms not named keep
             weight 1. Each model's own weights (the papers') are already inside its terms: these are for ablations
             and re-balancing. The logged terms stay unweighted; `train/loss` is the weighted total.
+        reference_batch_size: the images per optimizer step that lr, lr_steps, warmup_steps and the trainer's
+            max_steps are written for (a paper's batch, e.g. 16). At fit start they are scaled linearly to the real
+            batch, world_size x data batch_size x accumulate_grad_batches (detectron2's REFERENCE_WORLD_SIZE rule:
+            lr x k, step counts / k), one line says what was scaled, and `schedule` keeps the values. None: no
+            scaling (the values are used as written).
+        bn_min_batch: the fewest images a trainable BatchNorm may normalise over (per device; across devices under
+            SyncBatchNorm); fit refuses fewer. None: the architecture's rule (class attribute BN_MIN_BATCH, 1 = no
+            limit; YOLACT's official code freezes BN below 6 images per GPU).
+
+    max_steps lives on the Trainer, yet with a reference batch it is a schedule length like lr_steps: at fit start
+    the model rescales it with the same factor (in `trainer.fit_loop.epoch_loop.max_steps`, where Lightning keeps
+    Trainer(max_steps)), so a config's `trainer.max_steps` is always the reference-batch value. A model trained from
+    scratch with frozen BatchNorm (timm zero-initialises the last norm of each residual block: frozen, that branch
+    never learns) is refused at fit start.
 
     The schedule is stepped after every optimizer step. A non-finite training loss skips that optimizer step (the
     weights and optimizer state stay as they were; counted in `skipped_steps`, logged as `train/skipped_steps`);
@@ -79,6 +103,9 @@ class InstanceSegmentationModule(L.LightningModule, ABC):
         warmup_factor: float = 0.001,
         evaluate: bool = True,
         loss_weights: dict[str, float] | None = None,
+        weight_decay_rule: str | None = None,
+        reference_batch_size: int | None = None,
+        bn_min_batch: int | None = None,
     ):
         super().__init__()
         for name, weight in (loss_weights or {}).items():
@@ -90,8 +117,16 @@ class InstanceSegmentationModule(L.LightningModule, ABC):
             num_classes, optimizer, lr, momentum, weight_decay, lr_schedule, lr_steps, lr_gamma, warmup_steps,
             warmup_factor,
         )
+        if weight_decay_rule is not None and weight_decay_rule not in WEIGHT_DECAY_RULES:
+            raise ValueError(f"weight_decay_rule must be one of {WEIGHT_DECAY_RULES} (or None: the architecture's "
+                             f"{self.WEIGHT_DECAY_RULE!r}), got {weight_decay_rule!r}")
+        for name, value in (("reference_batch_size", reference_batch_size), ("bn_min_batch", bn_min_batch)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive int or None, got {value!r}")
         self.save_hyperparameters()
         self.skipped_steps = 0
+        # What configure_optimizers scaled and to which values (the run record stores it); None before fit.
+        self.schedule: dict[str, Any] | None = None
         # Set by a non-finite loss; sticky over a gradient-accumulation window until the optimizer step drops it.
         self._drop_gradients = False
         # Evaluators live in a plain dict, outside the module tree: their state must never reach state_dict,
@@ -105,7 +140,8 @@ class InstanceSegmentationModule(L.LightningModule, ABC):
 
     @abstractmethod
     def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
-        """list of [3,H,W] float 0..1 -> list of dict(boxes [K,4], scores [K], labels [K], masks bool [K,H,W])."""
+        """list of [3,H,W] uint8 0..255 or float 0..1 -> list of dict(boxes [K,4], scores [K], labels [K],
+        masks bool [K,H,W])."""
 
     @abstractmethod
     def compute_losses(self, images: list[Tensor], targets: list[dict[str, Any]]) -> dict[str, Tensor]:
@@ -284,11 +320,15 @@ class InstanceSegmentationModule(L.LightningModule, ABC):
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        param_groups = param_groups_weight_decay(self, hp.weight_decay)
+        if self._trainer is not None:
+            self._check_norm_layers()
+        self.schedule = self._scaled_schedule()
+        lr = self.schedule["lr"]
+        param_groups = weight_decay_groups(self, hp.weight_decay, hp.weight_decay_rule or self.WEIGHT_DECAY_RULE)
         if hp.optimizer == "sgd":
-            optimizer = torch.optim.SGD(param_groups, lr=hp.lr, momentum=hp.momentum)
+            optimizer = torch.optim.SGD(param_groups, lr=lr, momentum=hp.momentum)
         else:
-            optimizer = torch.optim.AdamW(param_groups, lr=hp.lr)
+            optimizer = torch.optim.AdamW(param_groups, lr=lr)
         total_steps = 0
         if hp.lr_schedule == "cosine":
             total_steps = self.trainer.estimated_stepping_batches
@@ -299,14 +339,107 @@ class InstanceSegmentationModule(L.LightningModule, ABC):
                 )
         schedule = LRMultiplier(
             kind=hp.lr_schedule,
-            warmup_steps=hp.warmup_steps,
+            warmup_steps=self.schedule["warmup_steps"],
             warmup_factor=hp.warmup_factor,
-            steps=list(hp.lr_steps or []),
+            steps=self.schedule["lr_steps"],
             gamma=hp.lr_gamma,
             total_steps=int(total_steps),
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    def _scaled_schedule(self) -> dict[str, Any]:
+        """lr, lr_steps, warmup_steps (and the trainer's max_steps) for the real batch: the linear scaling rule."""
+        hp = self.hparams
+        written = dict(lr=hp.lr, lr_steps=list(hp.lr_steps or []), warmup_steps=hp.warmup_steps)
+        trainer = self._trainer
+        if hp.reference_batch_size is None or trainer is None:
+            return {**written, "scaled": False}
+        batch_size = getattr(getattr(trainer, "datamodule", None), "hparams", {}).get("batch_size")
+        if not isinstance(batch_size, int):
+            raise ValueError(f"{type(self).__name__}: reference_batch_size={hp.reference_batch_size} scales the "
+                             "schedule by the real batch, but the trainer has no datamodule with a batch_size "
+                             "hyper-parameter (fit with CocoDataModule, or set model reference_batch_size: null)")
+        total = trainer.world_size * batch_size * trainer.accumulate_grad_batches
+        factor = total / hp.reference_batch_size
+        record: dict[str, Any] = dict(
+            scaled=True, reference_batch_size=hp.reference_batch_size, batch_size=total, world_size=trainer.world_size,
+            batch_size_per_device=batch_size, accumulate_grad_batches=trainer.accumulate_grad_batches, factor=factor,
+            lr=hp.lr * factor, lr_steps=[max(1, round(s / factor)) for s in written["lr_steps"]],
+            warmup_steps=round(hp.warmup_steps / factor), written=written,
+        )
+        # Rescale trainer.max_steps once per fit: a second configure_optimizers call (a tuner) must not compound it.
+        max_steps = trainer.fit_loop.max_steps
+        if max_steps is not None and max_steps > 0 and max_steps != getattr(self, "_scaled_max_steps", None):
+            written["max_steps"] = max_steps
+            self._scaled_max_steps = trainer.fit_loop.epoch_loop.max_steps = max(1, round(max_steps / factor))
+        record["max_steps"] = trainer.fit_loop.max_steps if max_steps is not None and max_steps > 0 else None
+        if trainer.is_global_zero:
+            steps = (f", lr_steps {written['lr_steps']} -> {record['lr_steps']}" if written["lr_steps"] else "")
+            maximum = (f", max_steps {written['max_steps']} -> {record['max_steps']}" if "max_steps" in written
+                       else ", max_steps unset (epoch-based length not scaled)")
+            print(f"[{type(self).__name__}] linear scaling: {trainer.world_size} device(s) x {batch_size} images x "
+                  f"{trainer.accumulate_grad_batches} accumulated = {total} per step vs reference "
+                  f"{hp.reference_batch_size} (x{factor:g}): lr {hp.lr:g} -> {record['lr']:g}{steps}, warmup_steps "
+                  f"{hp.warmup_steps} -> {record['warmup_steps']}{maximum}", flush=True)
+        return record
+
+    def _check_norm_layers(self) -> None:
+        """Refuse, at fit start, the two BatchNorm set-ups that cannot train as intended (clear message, not AP 0)."""
+        name = type(self).__name__
+        dead = [module_name for module_name, module in self.named_modules()
+                if "FrozenBatchNorm" in type(module).__name__ and not torch.any(module.weight != 0)]
+        if dead:
+            raise ValueError(
+                f"{name}: {len(dead)} frozen BatchNorm layers have scale 0 (e.g. {dead[0]}): the backbone is built "
+                "from scratch (pretrained: false) with norm: frozen_bn, and timm zero-initialises the last norm of "
+                "every residual block, so frozen those branches never learn. Set model.init_args.norm to bn (or "
+                "sync_bn) with frozen_stages: 0, or load weights (pretrained: true / pretrained_path / a converted "
+                "checkpoint)"
+            )
+        minimum = self.hparams.bn_min_batch or self.BN_MIN_BATCH
+        trainable = [module for module in self.modules()
+                     if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training
+                     and any(p.requires_grad for p in module.parameters(recurse=False))]
+        if not trainable or minimum <= 1:
+            return
+        batch_size = getattr(getattr(self.trainer, "datamodule", None), "hparams", {}).get("batch_size")
+        if not isinstance(batch_size, int):
+            return
+        synced = all(isinstance(module, nn.SyncBatchNorm) for module in trainable)
+        images = batch_size * (self.trainer.world_size if synced else 1)
+        if images < minimum:
+            raise ValueError(
+                f"{name}: {len(trainable)} BatchNorm layers train on {images} images "
+                f"({'across devices, sync BN' if synced else 'per device'}), fewer than this architecture's minimum "
+                f"of {minimum} (its official code freezes BatchNorm below that). Set data.batch_size >= {minimum}, "
+                f"or trainer.sync_batchnorm: true with world_size x batch_size >= {minimum}, or "
+                "model.init_args.norm: frozen_bn (pretrained weights), or model.init_args.bn_min_batch to override"
+            )
+
+
+def weight_decay_groups(model: nn.Module, weight_decay: float, rule: str) -> list[dict[str, Any]]:
+    """Two optimizer parameter groups: the trainable parameters `rule` decays, and the rest (decay 0).
+
+    Written here because detectron2's rule (decay biases, not norms) has no library helper: timm's
+    param_groups_weight_decay exempts every 1-D parameter, biases included.
+    """
+    if rule not in WEIGHT_DECAY_RULES:
+        raise ValueError(f"weight_decay_rule must be one of {WEIGHT_DECAY_RULES}, got {rule!r}")
+    decay, no_decay, seen = [], [], set()
+    for module in model.modules():
+        for param in module.parameters(recurse=False):
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            if rule == "all":
+                exempt = False
+            elif rule == "skip_norm":
+                exempt = isinstance(module, NORM_LAYERS)
+            else:
+                exempt = param.ndim <= 1 or isinstance(module, NORM_LAYERS)
+            (no_decay if exempt else decay).append(param)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
 
 @dataclass

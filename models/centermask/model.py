@@ -27,7 +27,6 @@ import timm
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from models.base import InstanceSegmentationModule
 from models.centermask.fcos_head import FCOSHead
@@ -41,22 +40,11 @@ from models.centermask.sag_mask_head import SAGMaskHead
 from models.common.backbone import TimmBackbone
 from models.common.fpn import FPN
 from models.common.roi_pooler import LEVEL_RULES, LevelRoIAlign
+from models.common.transform import ResizeNormalizeTransform, backbone_pixel_stats
 from models.common.vovnet import VOVNET_CONFIGS, VoVNetBackbone
 
-# ImageNet statistics on the 0..1 scale (timm's backbones); converted centermask2 weights use detectron2's BGR
-# 0..255 means with std 1 instead (set by the converter).
-IMAGE_MEAN = [0.485, 0.456, 0.406]
-IMAGE_STD = [0.229, 0.224, 0.225]
 INPUT_FORMATS = ("RGB", "BGR")
 FPN_NORMS = ("none", "bn")
-
-
-class FixedSizeTransform(GeneralizedRCNNTransform):
-    """torchvision's resize-normalise-pad transform with one input scale in train and eval mode (scale jitter is
-    the datamodule's augmentation; the parent would draw a random `min_size` in train mode)."""
-
-    def torch_choice(self, k: list[int]) -> int:
-        return k[-1]
 
 
 class CenterMask(InstanceSegmentationModule):
@@ -76,8 +64,10 @@ class CenterMask(InstanceSegmentationModule):
         fpn_channels: channels of P3..P7 (256; Lite 128). `fpn_norm`: "none" (official) or "bn" (helps training from
             scratch).
         min_size, max_size: short side resized to min_size unless the long side would exceed max_size (800/1333;
-            Lite 600/1000). `pixel_mean`, `pixel_std`: normalisation of the 0..1 input in `input_format` channel
-            order ("RGB", or "BGR" for detectron2-trained weights).
+            Lite 600/1000); a list of min_size trains multi-scale (one drawn per image; the last is the test size).
+            `pixel_mean`, `pixel_std`: normalisation on the 0..1 scale in `input_format` channel order ("RGB", or
+            "BGR" for detectron2-trained weights; converted centermask2 weights carry detectron2's BGR means with
+            std 1/255); None: the timm backbone weights' own statistics (ImageNet's for a VoVNet timm lacks).
         fcos_num_convs: conv-GN-ReLU layers per FCOS tower (4; Lite 2); `fcos_norm_groups` GroupNorm groups.
         prior_prob: initial classifier foreground probability. `sizes_of_interest`: the 4 boundaries of the 5
             levels' regression ranges (inclusive). `center_sampling_radius`: in strides (0 disables it).
@@ -108,10 +98,10 @@ class CenterMask(InstanceSegmentationModule):
         norm: str = "frozen_bn",
         fpn_channels: int = 256,
         fpn_norm: str = "none",
-        min_size: int = 800,
+        min_size: int | list[int] = 800,
         max_size: int = 1333,
-        pixel_mean: list[float] = IMAGE_MEAN,
-        pixel_std: list[float] = IMAGE_STD,
+        pixel_mean: list[float] | None = None,
+        pixel_std: list[float] | None = None,
         input_format: str = "RGB",
         fcos_num_convs: int = 4,
         fcos_norm_groups: int = 32,
@@ -152,8 +142,6 @@ class CenterMask(InstanceSegmentationModule):
         if len(sizes_of_interest) != 4 or list(sizes_of_interest) != sorted(sizes_of_interest):
             raise ValueError(f"CenterMask: sizes_of_interest needs 4 increasing boundaries (5 levels), got "
                              f"{sizes_of_interest}")
-        if len(pixel_mean) != 3 or len(pixel_std) != 3 or min(pixel_std) <= 0:
-            raise ValueError(f"CenterMask: pixel_mean / pixel_std need 3 values (std > 0), got {pixel_mean}, {pixel_std}")
         if not (focal_gamma == 0 or focal_gamma >= 1) or not 0 <= focal_alpha <= 1:
             # d/dp (1 - p)^gamma is infinite at p = 1 for 0 < gamma < 1: a confident location would make NaN gradients.
             raise ValueError(f"CenterMask: focal_gamma must be 0 or >= 1 and focal_alpha in [0, 1], got "
@@ -161,7 +149,8 @@ class CenterMask(InstanceSegmentationModule):
         if not 0 < mask_positive_fraction <= 1 or mask_batch_size_per_image < 1:
             raise ValueError("CenterMask: mask_batch_size_per_image must be >= 1 and mask_positive_fraction in (0, 1]")
 
-        self.transform = FixedSizeTransform(min_size, max_size, list(pixel_mean), list(pixel_std))
+        mean, std = backbone_pixel_stats(backbone, pixel_mean, pixel_std)
+        self.transform = ResizeNormalizeTransform(min_size, max_size, mean, std)
         self.backbone = _build_backbone(
             backbone, out_indices, ese_every_block, pretrained, pretrained_path, frozen_stages, norm
         )

@@ -29,12 +29,12 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import box_convert
 
 from models.base import InstanceSegmentationModule
 from models.common.backbone import TimmBackbone
 from models.common.fpn import FPN
+from models.common.transform import ResizeNormalizeTransform, backbone_pixel_stats
 from models.istr.head import DynamicHead, StageOutput
 from models.istr.loss import ISTRLoss
 from models.istr.mask_codec import CODEC_KINDS, CodecError, PCAMaskCodec, build_codec
@@ -42,18 +42,7 @@ from models.istr.matcher import HungarianMatcher
 from models.istr.postprocess import ISTRPostProcess
 from models.istr.targets import match_targets
 
-# The official normalisation (RGB 123.675/116.28/103.53, std 58.395/57.12/57.375 on 0..255) on the 0..1 scale.
-IMAGE_MEAN = [0.485, 0.456, 0.406]
-IMAGE_STD = [0.229, 0.224, 0.225]
 PROPOSAL_INITS = ("image", "grid")
-
-
-class FixedSizeTransform(GeneralizedRCNNTransform):
-    """torchvision's resize / normalise / pad-to-32 with one input scale in train and eval mode (scale jitter is
-    the datamodule's augmentation; the parent would draw a random min_size in train mode)."""
-
-    def torch_choice(self, k: list[int]) -> int:
-        return k[-1]
 
 
 class ISTR(InstanceSegmentationModule):
@@ -66,7 +55,8 @@ class ISTR(InstanceSegmentationModule):
             model: ResNet-50/101, frozen BatchNorm, stem + res2 frozen (frozen_stages 2). Trained from scratch:
             norm "bn", frozen_stages 0.
         fpn_channels: width of P2..P5 and of the head (the official 256); `fpn_norm` "none" (official) or "bn".
-        min_size, max_size: input resize (short side min_size unless the long side would exceed max_size).
+        min_size, max_size: input resize (short side min_size unless the long side would exceed max_size); a list
+            of min_size trains multi-scale (one drawn per image; the last is the test size).
         num_queries: N learnable query boxes; num_stages: head stages S; num_heads: self-attention heads;
             dim_feedforward: FFN width; dynamic_dim: the dynamic interaction's width D; pooler_resolution: RoI side;
             num_cls_layers / num_reg_layers / num_mask_layers: tower depths; dropout; prior_prob: the focal
@@ -81,10 +71,14 @@ class ISTR(InstanceSegmentationModule):
         proposal_init: initial value of the learnable query boxes: "image" (official: every box the whole image) or
             "grid" (Sparse R-CNN's grid initialisation, ablated in its paper: box i centred on cell i of a
             near-square grid, twice the cell's size, so queries start on distinct regions).
-        pixel_mean, pixel_std: normalisation of the 0..1 RGB input.
+        pixel_mean, pixel_std: normalisation of the RGB input on the 0..1 scale; None: the backbone weights' own
+            (timm's pretrained config; the official's 123.675/116.28/103.53, 58.395/57.12/57.375 are ImageNet's).
         **kwargs: optimiser and schedule settings of InstanceSegmentationModule (official: AdamW 2.5e-5, weight
             decay 1e-4, warm-up 1000 steps from 0.01, gradient clipping 1.0 via the trainer).
     """
+
+    # The official train_net.py gives every trainable parameter the weight decay (no norm or bias exemption).
+    WEIGHT_DECAY_RULE = "all"
 
     def __init__(
         self,
@@ -97,7 +91,7 @@ class ISTR(InstanceSegmentationModule):
         norm: str = "frozen_bn",
         fpn_channels: int = 256,
         fpn_norm: str = "none",
-        min_size: int = 800,
+        min_size: int | list[int] = 800,
         max_size: int = 1333,
         num_queries: int = 300,
         num_stages: int = 6,
@@ -127,8 +121,8 @@ class ISTR(InstanceSegmentationModule):
         mask_threshold: float = 0.5,
         stage_average: bool = False,
         proposal_init: str = "image",
-        pixel_mean: list[float] = IMAGE_MEAN,
-        pixel_std: list[float] = IMAGE_STD,
+        pixel_mean: list[float] | None = None,
+        pixel_std: list[float] | None = None,
         **kwargs: Any,
     ):
         super().__init__(num_classes=num_classes, **kwargs)
@@ -140,17 +134,16 @@ class ISTR(InstanceSegmentationModule):
             raise ValueError(f"ISTR: codec 'dct' is data-free; codec_path={codec_path!r} applies to 'pca' only")
         if fpn_channels % num_heads:
             raise ValueError(f"ISTR: fpn_channels ({fpn_channels}) must be divisible by num_heads ({num_heads})")
-        for name, value in (("num_queries", num_queries), ("num_stages", num_stages), ("min_size", min_size)):
+        for name, value in (("num_queries", num_queries), ("num_stages", num_stages)):
             if value < 1:
                 raise ValueError(f"ISTR: {name} must be >= 1, got {value}")
         if proposal_init not in PROPOSAL_INITS:
             raise ValueError(f"ISTR: proposal_init must be one of {PROPOSAL_INITS}, got {proposal_init!r}")
         if not 0 < prior_prob < 1:
             raise ValueError(f"ISTR: prior_prob must be in (0, 1), got {prior_prob}")
-        if len(pixel_mean) != 3 or len(pixel_std) != 3 or min(pixel_std) <= 0:
-            raise ValueError(f"ISTR: pixel_mean / pixel_std need 3 values (std > 0), got {pixel_mean}, {pixel_std}")
 
-        self.transform = FixedSizeTransform(min_size, max_size, list(pixel_mean), list(pixel_std))
+        mean, std = backbone_pixel_stats(backbone, pixel_mean, pixel_std)
+        self.transform = ResizeNormalizeTransform(min_size, max_size, mean, std)
         self.backbone = TimmBackbone(backbone, out_indices, pretrained, pretrained_path, frozen_stages, norm)
         self.neck = FPN(self.backbone.channels, self.backbone.strides, fpn_channels, extra_levels="none",
                         norm=fpn_norm)

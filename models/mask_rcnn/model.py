@@ -1,6 +1,6 @@
 """Mask R-CNN (He et al., 2017) with any timm backbone + FPN, assembled from torchvision's detection parts.
 
-    images (0..1) -> GeneralizedRCNNTransform (ImageNet normalisation, resize to min/max size, pad to /32)
+    images (uint8 or 0..1) -> ResizeNormalizeTransform (the weights' normalisation, resize to min/max size, pad to /32)
       -> TimmBackbone -> FPN (P2..P5 + P6 by max-pool) -> RPN -> RoI heads (box + mask)
       -> boxes rescaled and masks pasted at each input image's own resolution
 
@@ -27,33 +27,19 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
-from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
+from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import MultiScaleRoIAlign
 
 from models.base import InstanceSegmentationModule
 from models.common.backbone import TimmBackbone
 from models.common.fpn import FPN
 from models.common.masks import paste_masks
+from models.common.transform import ResizeNormalizeTransform, backbone_pixel_stats
 from models.mask_rcnn.roi_heads import LevelPool, MaskRoIHeads
 from models.mask_rcnn.rpn import ProposalNetwork, RPNOutput
 from models.mask_rcnn.targets import training_targets
 
-# The statistics torchvision's detection models normalise 0..1 images with (ImageNet's); timm's ImageNet
-# backbones are trained with the same ones.
-IMAGE_MEAN = [0.485, 0.456, 0.406]
-IMAGE_STD = [0.229, 0.224, 0.225]
 HEAD_NORMS = {"none": None, "bn": nn.BatchNorm2d}
-
-
-class FixedSizeTransform(GeneralizedRCNNTransform):
-    """torchvision's transform with one input scale in train and eval mode.
-
-    The parent draws a random `min_size` in train mode (consuming the global RNG even with a single choice);
-    scale jitter is the datamodule's augmentation here, so the model's resize is deterministic in every mode.
-    """
-
-    def torch_choice(self, k: list[int]) -> int:
-        return k[-1]
 
 
 class MaskRCNN(InstanceSegmentationModule):
@@ -71,7 +57,11 @@ class MaskRCNN(InstanceSegmentationModule):
             convolution (torchvision's Mask R-CNN v2 choice), which a network trained from scratch needs to learn
             quickly.
         min_size, max_size: the input is resized so its short side is `min_size` unless the long side would
-            exceed `max_size` (torchvision's / Detectron's rule), then padded to a multiple of 32.
+            exceed `max_size` (torchvision's / Detectron's rule), then padded to a multiple of 32. A list of
+            min_size is multi-scale training: one drawn per image in train mode, the last one at test
+            (models.common.transform.ResizeNormalizeTransform).
+        pixel_mean, pixel_std: normalisation on the 0..1 scale; None: the backbone weights' own (timm's pretrained
+            config; models.common.transform.backbone_pixel_stats).
         anchor_sizes: one anchor size (pixels of the resized input) per pyramid level P2..P6;
             `aspect_ratios` the height/width ratios at every location.
         rpn_*: proposal network. `pre_nms_top_n` is per level, `post_nms_top_n` per image; `batch_size_per_image`
@@ -97,8 +87,10 @@ class MaskRCNN(InstanceSegmentationModule):
         norm: str = "frozen_bn",
         fpn_channels: int = 256,
         head_norm: str = "none",
-        min_size: int = 800,
+        min_size: int | list[int] = 800,
         max_size: int = 1333,
+        pixel_mean: list[float] | None = None,
+        pixel_std: list[float] | None = None,
         anchor_sizes: list[int] = [32, 64, 128, 256, 512],
         aspect_ratios: list[float] = [0.5, 1.0, 2.0],
         rpn_pre_nms_top_n_train: int = 2000,
@@ -129,7 +121,8 @@ class MaskRCNN(InstanceSegmentationModule):
             raise ValueError(f"MaskRCNN: head_norm must be one of {tuple(HEAD_NORMS)}, got {head_norm!r}")
         if mask_resolution < 2 or mask_resolution % 2:
             raise ValueError(f"MaskRCNN: mask_resolution must be even (RoIs are pooled at half), got {mask_resolution}")
-        self.transform = FixedSizeTransform(min_size, max_size, IMAGE_MEAN, IMAGE_STD)
+        mean, std = backbone_pixel_stats(backbone, pixel_mean, pixel_std)
+        self.transform = ResizeNormalizeTransform(min_size, max_size, mean, std)
         self.backbone = TimmBackbone(backbone, out_indices, pretrained, pretrained_path, frozen_stages, norm)
         self.neck = FPN(
             self.backbone.channels, self.backbone.strides, fpn_channels, extra_levels="pool", norm=head_norm

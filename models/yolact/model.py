@@ -21,6 +21,7 @@ from models.base import InstanceSegmentationModule
 from models.common.anchors import grid_anchors
 from models.common.backbone import TimmBackbone
 from models.common.nms import NMS_MODES
+from models.common.transform import backbone_pixel_stats, input_scale
 from models.yolact.fpn import YolactFPN
 from models.yolact.head import PredictionHead
 from models.yolact.loss import YolactLoss, YolactOutputs, YolactTarget
@@ -48,8 +49,9 @@ class YOLACT(InstanceSegmentationModule):
             by input_size / 550 in the 400 / 700 configs); `aspect_ratios` width / height ratios.
         square_anchors: the official v1 configs' quirk (anchors square, side scale * sqrt(ratio)); needed to reuse
             their weights.
-        pixel_mean, pixel_std: per-channel RGB normalisation of the 0..1 input (official ResNet values by default;
-            DarkNet: mean 0, std 1).
+        pixel_mean, pixel_std: per-channel RGB normalisation on the 0..1 scale (the official ResNet values are
+            RESNET_MEAN / RESNET_STD; DarkNet: mean 0, std 1); None: the backbone weights' own (timm's pretrained
+            config). Images may be uint8 0..255 or float 0..1.
         pos_iou_thresh, neg_iou_thresh, crowd_iou_thresh: anchor matching (models.yolact.targets).
         negpos_ratio, box_loss_weight, mask_loss_weight, semantic_loss_weight, masks_to_train: the loss
             (models.yolact.loss); semantic_loss_weight 0 drops the semantic head's loss (the head still exists).
@@ -57,6 +59,11 @@ class YOLACT(InstanceSegmentationModule):
             inference (models.yolact.postprocess).
         **kwargs: optimiser and schedule settings of InstanceSegmentationModule.
     """
+
+    # The official recipe: torch.optim.SGD(net.parameters(), weight_decay=5e-4) decays every parameter, and
+    # train.py freezes BatchNorm when a GPU holds fewer than 6 images.
+    WEIGHT_DECAY_RULE = "all"
+    BN_MIN_BATCH = 6
 
     def __init__(
         self,
@@ -76,8 +83,8 @@ class YOLACT(InstanceSegmentationModule):
         anchor_scales: list[float] = [24, 48, 96, 192, 384],
         aspect_ratios: list[float] = [1.0, 0.5, 2.0],
         square_anchors: bool = False,
-        pixel_mean: list[float] = RESNET_MEAN,
-        pixel_std: list[float] = RESNET_STD,
+        pixel_mean: list[float] | None = None,
+        pixel_std: list[float] | None = None,
         pos_iou_thresh: float = 0.5,
         neg_iou_thresh: float = 0.4,
         crowd_iou_thresh: float = 0.7,
@@ -108,8 +115,7 @@ class YOLACT(InstanceSegmentationModule):
             raise ValueError(
                 f"YOLACT: need 0 <= neg_iou_thresh <= pos_iou_thresh <= 1, got {neg_iou_thresh}, {pos_iou_thresh}"
             )
-        if len(pixel_mean) != 3 or len(pixel_std) != 3 or min(pixel_std) <= 0:
-            raise ValueError(f"YOLACT: pixel_mean / pixel_std need 3 values (std > 0), got {pixel_mean}, {pixel_std}")
+        pixel_mean, pixel_std = backbone_pixel_stats(backbone, pixel_mean, pixel_std)
 
         self.backbone = TimmBackbone(backbone, out_indices, pretrained, pretrained_path, frozen_stages, norm)
         self.neck = YolactFPN(self.backbone.channels, fpn_channels, num_extra_levels)
@@ -166,7 +172,8 @@ class YOLACT(InstanceSegmentationModule):
             [F.interpolate(image[None].float(), size=(size, size), mode="bilinear", align_corners=False)[0]
              for image in images]
         )
-        return (batch - self.pixel_mean) / self.pixel_std
+        scale = input_scale(images)  # uint8 images: 255x the statistics, equal to normalising x / 255
+        return (batch - self.pixel_mean * scale) / (self.pixel_std * scale)
 
     def network(self, batch: Tensor, semantic: bool) -> YolactOutputs:
         """Normalised [B, 3, S, S] -> YolactOutputs (semantic logits only when `semantic`)."""

@@ -284,8 +284,7 @@ def test_load_val_images(small_synthetic_root):
     datamodule = CocoDataModule(root=str(small_synthetic_root))
     loaded = speed.load_val_images(datamodule, 4)
     assert len(loaded) == 4
-    assert all(image.dtype == torch.float32 and image.shape[0] == 3 for image in loaded)
-    assert all(0 <= float(image.min()) and float(image.max()) <= 1 for image in loaded)
+    assert all(image.dtype == torch.uint8 and image.shape[0] == 3 for image in loaded)  # as the loader sends them
     assert len(speed.load_val_images(datamodule, 1000)) == len(datamodule.val_dataset)  # 6 val images
 
 

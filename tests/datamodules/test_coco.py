@@ -55,7 +55,7 @@ def test_targets_hold_the_drawn_masks_boxes_labels_and_crowd_flags(coco_dataset,
     assert samples[17][1]["iscrowd"].tolist() == [1]
 
 
-def test_every_image_becomes_rgb_float_in_stored_pixel_order(coco_dataset, dataset):
+def test_every_image_becomes_rgb_uint8_in_stored_pixel_order(coco_dataset, dataset):
     stored = {name: Image.open(coco_dataset.image_dir / name) for name in
               ("exif_rgb.jpg", "gray.png", "palette.png", "cmyk.jpg", "rgba.png", "degenerate.bmp")}
     assert {name: image.mode for name, image in stored.items()} == {
@@ -65,14 +65,13 @@ def test_every_image_becomes_rgb_float_in_stored_pixel_order(coco_dataset, datas
     samples = load_all(dataset)
     for image, _ in samples.values():
         # the EXIF-rotated JPEG included: rotating it would make it 64 high and 48 wide
-        assert image.shape == (3, HEIGHT, WIDTH) and image.dtype == torch.float32
-        assert 0.0 <= image.min() and image.max() <= 1.0
+        assert image.shape == (3, HEIGHT, WIDTH) and image.dtype == torch.uint8
     for image_id, expected in coco_dataset.pixels.items():  # grayscale, RGBA (alpha dropped), BMP, RGB PNG
-        as_bytes = (samples[image_id][0] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        as_bytes = samples[image_id][0].permute(1, 2, 0).numpy()
         np.testing.assert_array_equal(as_bytes, expected, err_msg=f"image {image_id}")
     for image_id, name in ((13, "palette.png"), (14, "cmyk.jpg")):
         reference = np.asarray(Image.open(coco_dataset.image_dir / name).convert("RGB"), dtype=np.float32) / 255
-        np.testing.assert_allclose(samples[image_id][0].permute(1, 2, 0).numpy(), reference, atol=2 / 255)
+        np.testing.assert_allclose(samples[image_id][0].permute(1, 2, 0).numpy() / 255, reference, atol=2 / 255)
 
 
 def test_degenerate_instances_are_skipped_and_counted_by_reason(dataset):
@@ -225,7 +224,7 @@ def test_datamodule_knows_classes_before_setup_and_builds_both_splits(coco_datas
     assert len(dm.train_dataset) == 4 and len(dm.val_dataset) == 7
     images, targets = next(iter(dm.train_dataloader()))
     assert isinstance(images, list) and isinstance(targets, list) and len(images) == len(targets) == 3
-    assert all(image.shape == (3, HEIGHT, WIDTH) and image.dtype == torch.float32 for image in images)
+    assert all(image.shape == (3, HEIGHT, WIDTH) and image.dtype == torch.uint8 for image in images)
     assert all(t["image_id"] in (11, 12, 13, 14) for t in targets)
     val_ids = [t["image_id"] for _, targets in dm.val_dataloader() for t in targets]
     assert val_ids == [11, 12, 13, 14, 15, 16, 17]

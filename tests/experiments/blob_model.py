@@ -36,6 +36,7 @@ class BlobModel(InstanceSegmentationModule):
         """list of [3,H,W] -> list of [H,W] logits (one image per call: images differ in size)."""
         logits = []
         for image in images:
+            image = image.float() / 255 if image.dtype == torch.uint8 else image  # the datamodule sends uint8
             high, low = image.max(0, keepdim=True).values, image.min(0, keepdim=True).values
             logits.append(self.net(torch.cat([image, high - low, high])[None])[0, 0])
         return logits

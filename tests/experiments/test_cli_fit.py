@@ -28,6 +28,7 @@ def test_fit_then_validate_through_the_cli(name, small_synthetic_root, tmp_path)
     shrink = [
         "--data.root", str(small_synthetic_root),
         "--data.batch_size", "2",
+        "--model.init_args.bn_min_batch", "2",  # a smoke test: BN on 2 images (YOLACT refuses fewer than 6)
         "--data.num_workers", "0",
         "--trainer.max_steps", "2",
         "--trainer.val_check_interval", "2",

@@ -23,6 +23,7 @@ def test_quickstart_end_to_end_on_a_small_dataset(tmp_path, capsys):
     root = synthetic_root(num_train=40, num_val=6, image_size=96, seed=0)
     results = tmp_path / "quickstart"
     shrink = [f"--data.root={root}", "--data.batch_size=2", "--data.num_workers=0",
+              "--model.init_args.bn_min_batch=2",  # BN on 2 images (YOLACT refuses fewer than 6)
               "--trainer.max_steps=2", "--trainer.val_check_interval=2", "--trainer.enable_progress_bar=false"]
     bench = BenchmarkSettings(warmup=1, iters=2, breakdown=False)
     assert quickstart(results, wandb="off", benchmark=bench, extra_overrides=shrink) == 0

@@ -82,7 +82,7 @@ def test_constant_schedule():
 
 
 def test_no_weight_decay_on_norm_layers_and_biases():
-    model = TinyInstanceModel(3, weight_decay=1e-3)
+    model = TinyInstanceModel(3, weight_decay=1e-3, weight_decay_rule="skip_bias_and_norm")
     optimizer = model.configure_optimizers()["optimizer"]
     decay_of = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
     names = dict(model.named_parameters())

@@ -479,6 +479,7 @@ def test_a_few_training_steps_through_the_cli(small_synthetic_root, tmp_path):
         [
             "fit", "--config", str(CONFIGS / "quickstart" / "yolact.yaml"),
             "--data.root", str(small_synthetic_root), "--data.num_workers", "0", "--data.batch_size", "2",
+            "--model.init_args.bn_min_batch", "2",  # a smoke test: BN on 2 images, below YOLACT's minimum of 6
             "--model.init_args.input_size", "64", "--model.init_args.anchor_scales", "[8, 16, 32, 64, 128]",
             "--model.init_args.fpn_channels", "16", "--model.init_args.proto_channels", "16",
             "--model.init_args.head_channels", "16",

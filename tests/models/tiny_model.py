@@ -33,6 +33,7 @@ class TinyInstanceModel(InstanceSegmentationModule):
     def _raw_outputs(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """[3,H,W] -> normalised boxes [S,4] xyxy in 0..1, class logits [S,C], mask logits [S,H,W]."""
         height, width = image.shape[-2:]
+        image = image.float() / 255 if image.dtype == torch.uint8 else image  # the datamodule sends uint8
         features = self.stem(image[None])
         mask_logits = F.interpolate(self.mask_head(features), size=(height, width), mode="bilinear")[0]
         head = self.box_class_head(features.mean(dim=(2, 3)))[0].view(self.num_slots, -1)
