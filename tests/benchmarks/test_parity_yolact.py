@@ -1,10 +1,14 @@
-"""The parts of benchmarks/yolact_vs_official.py that run without the official checkout: the like-for-like check,
-the alternating call order, the threshold that fixes the work, and the profile wrappers' clean removal."""
+"""YOLACT against the official code without the official checkout: the parity fixture written by
+benchmarks/parity/yolact.py replayed on our model, and the timing mode's parts (the like-for-like check, the
+alternating call order, the threshold that fixes the work, the profile wrappers' clean removal)."""
 import pytest
 import torch
 
+from benchmarks.parity.common import check_checksum, compare, load_fixture
+from models.yolact.convert import convert_yolact_official
+
 import models.yolact.postprocess as our_postprocess
-from benchmarks import yolact_vs_official as bench
+from benchmarks.parity import yolact as bench
 from models.yolact import YOLACT
 
 TINY = dict(
@@ -99,3 +103,38 @@ def test_stage_timer_covers_the_call_and_is_removed():
     assert "network" not in vars(model) and "preprocess" not in vars(model) and "forward" not in vars(model.backbone)
     assert isinstance(model.postprocess, our_postprocess.YolactPostProcess)
     assert our_postprocess.assemble_masks.__module__ == "models.yolact.postprocess"
+
+
+# ------------------------------------------------------------------------------------------ the parity fixture
+
+REGENERATE = "benchmarks.parity.yolact"
+
+
+@pytest.fixture(scope="module")
+def parity():
+    """(fixture, our model with the fixture's seeded weights, those weights)."""
+    fixture = load_fixture("yolact")
+    model, state = bench.parity_model(fixture["seed"])
+    check_checksum(state, fixture, REGENERATE)
+    return fixture, model, state
+
+
+def test_converter_maps_the_official_layout_back_to_our_weights(parity, tmp_path):
+    """The official key list (354 keys, read from the official modules by the script) through our converter."""
+    fixture, model, state = parity
+    official = bench.to_official_layout(state, fixture["official_keys"])
+    torch.save(official, tmp_path / "official.pth")
+    converted = YOLACT.load_from_checkpoint(
+        convert_yolact_official(str(tmp_path / "official.pth"), str(tmp_path / "ours.ckpt"), input_size=128),
+        map_location="cpu")
+    settings = bench.official_settings(official, "official", 128)
+    assert {k: converted.hparams[k] for k in settings} == {k: model.hparams[k] for k in settings}
+    assert all(torch.equal(converted.state_dict()[k], v) for k, v in state.items())
+
+
+def test_raw_outputs_losses_and_assignments_match_the_official(parity):
+    fixture, model, _ = parity
+    ours = {**bench.ours_eval_outputs(model, fixture["images"]),
+            **bench.ours_train_outputs(model, fixture["batch_images"], fixture["targets"])}
+    failures = compare(fixture["official"], ours, fixture["tolerances"])
+    assert not failures, failures
