@@ -149,6 +149,26 @@ def check_checksum(state: dict[str, Tensor], fixture: dict, script: str) -> None
             f"`python -m {script} --official-repo DIR` (see its docstring)")
 
 
+def replay(name: str, parity_model: Callable[[int], tuple[torch.nn.Module, dict[str, Tensor]]], script: str
+           ) -> tuple[dict, torch.nn.Module, dict[str, Tensor]]:
+    """(fixture, our model with the regenerated weights, those weights) for a fixture test; the checksum checked."""
+    fixture = load_fixture(name)
+    model, state = parity_model(fixture["seed"])
+    check_checksum(state, fixture, script)
+    return fixture, model, state
+
+
+def git_head(root) -> str:
+    """The checkout's commit (recorded in fixtures), or "unknown" when it is not a git work tree."""
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def compare(official: dict[str, Tensor], ours: dict[str, Tensor], allowed: dict[str, float]) -> list[str]:
     """Names whose max difference exceeds the fixture's tolerance, with the figures (empty: all within)."""
     measured = max_differences(official, ours)

@@ -32,7 +32,6 @@ import argparse
 import contextlib
 import importlib
 import json
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -43,7 +42,7 @@ from torch import Tensor
 
 from benchmarks.parity import _detectron2_stub
 from benchmarks.parity.common import (
-    FIXTURE_DIR, max_differences, official_layout, save_fixture, seeded_state, state_checksum, tolerances,
+    FIXTURE_DIR, git_head, max_differences, official_layout, save_fixture, seeded_state, state_checksum, tolerances,
 )
 from models.common.checkpoint import rename_key
 from models.istr import ISTR
@@ -301,7 +300,7 @@ def run_parity(args: argparse.Namespace) -> dict[str, Any]:
     allowed["assignments"] = 0.0
     fixture = {
         "seed": seed, "checksum": state_checksum(state), "torch": torch.__version__,
-        "official_repo_commit": _git_head(official.root), "official_keys": official_keys,
+        "official_repo_commit": git_head(official.root), "official_keys": official_keys,
         "images": images, "targets": targets, "official": official_all, "measured": measured, "tolerances": allowed,
     }
     path = save_fixture("istr", fixture, args.fixture_dir)
@@ -310,14 +309,6 @@ def run_parity(args: argparse.Namespace) -> dict[str, Any]:
             "ours_losses": {k: float(ours[k]) for k in OFFICIAL_TERMS.values()},
             "assignment_mismatches": int((official_all["assignments"] != ours["assignments"]).sum()),
             "matched_pairs": int((ours["assignments"] >= 0).sum()), "fixture": path}
-
-
-def _git_head(root: Path) -> str:
-    try:
-        return subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "02279fc (not a git work tree)"
 
 
 def main(argv: list[str] | None = None) -> None:

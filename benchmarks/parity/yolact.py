@@ -97,7 +97,7 @@ from models.yolact import YOLACT
 from models.yolact.convert import _PATTERNS, _TOLERATED, convert_yolact_official, official_settings
 from models.common.checkpoint import rename_key
 from benchmarks.parity.common import (
-    FIXTURE_DIR, max_differences, official_layout, save_fixture, seeded_state, state_checksum, tolerances,
+    FIXTURE_DIR, git_head, max_differences, official_layout, save_fixture, seeded_state, state_checksum, tolerances,
 )
 
 OFFICIAL_CONFIG = "yolact_resnet50_config"
@@ -473,7 +473,7 @@ def run_parity(args: argparse.Namespace) -> dict[str, Any]:
     allowed["assignments"] = 0.0  # identical or wrong
     fixture = {
         "seed": seed, "checksum": state_checksum(ours_state), "torch": torch.__version__,
-        "official_repo_commit": _git_head(official.root), "official_keys": official_keys,
+        "official_repo_commit": git_head(official.root), "official_keys": official_keys,
         "images": images, "batch_images": batch_images, "targets": targets,
         "official": official_all, "measured": measured, "tolerances": allowed,
     }
@@ -486,17 +486,6 @@ def run_parity(args: argparse.Namespace) -> dict[str, Any]:
                             "neutral": int((official_train["assignments"] < 0).sum()),
                             "mismatches": int((official_train["assignments"] != ours["assignments"]).sum())},
             "fixture": path}
-
-
-def _git_head(root: Path) -> str:
-    """The checkout's commit, when it is a git work tree (else "unknown")."""
-    import subprocess
-
-    try:
-        return subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 # ---------------------------------------------------------------------------------------------------- timing

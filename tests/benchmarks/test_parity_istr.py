@@ -3,17 +3,12 @@
 import pytest
 
 from benchmarks.parity import istr as parity
-from benchmarks.parity.common import check_checksum, compare, load_fixture
-
-REGENERATE = "benchmarks.parity.istr"
+from benchmarks.parity.common import compare, replay as replay_fixture
 
 
 @pytest.fixture(scope="module")
 def replay():
-    fixture = load_fixture("istr")
-    model, state = parity.parity_model(fixture["seed"])
-    check_checksum(state, fixture, REGENERATE)
-    return fixture, model, state
+    return replay_fixture("istr", parity.parity_model, "benchmarks.parity.istr")
 
 
 def test_converter_key_table_maps_the_official_head_layout_onto_our_tensors(replay):

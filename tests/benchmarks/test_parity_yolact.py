@@ -4,7 +4,7 @@ alternating call order, the threshold that fixes the work, the profile wrappers'
 import pytest
 import torch
 
-from benchmarks.parity.common import check_checksum, compare, load_fixture
+from benchmarks.parity.common import compare, replay
 from models.yolact.convert import map_state_dict, official_settings
 
 import models.yolact.postprocess as our_postprocess
@@ -107,16 +107,10 @@ def test_stage_timer_covers_the_call_and_is_removed():
 
 # ------------------------------------------------------------------------------------------ the parity fixture
 
-REGENERATE = "benchmarks.parity.yolact"
-
-
 @pytest.fixture(scope="module")
 def parity():
     """(fixture, our model with the fixture's seeded weights, those weights)."""
-    fixture = load_fixture("yolact")
-    model, state = bench.parity_model(fixture["seed"])
-    check_checksum(state, fixture, REGENERATE)
-    return fixture, model, state
+    return replay("yolact", bench.parity_model, "benchmarks.parity.yolact")
 
 
 def test_converter_maps_the_official_layout_back_to_our_weights(parity):
