@@ -13,6 +13,9 @@ Every piece follows detectron2's documented behaviour (v0.3-0.6) and is built on
                            floor(4 + log2(sqrt(area) / 224 + 1e-8)), clamped to the given levels) and
                            ROIAlignV2 = torchvision roi_align(aligned=True) / ROIAlign (aligned=False)
   modeling.backbone.Backbone, registries (a dict with a `register` decorator), Matcher (never called here)
+  modeling.backbone.fpn.FPN  detectron2's FPN: fpn_lateral{s} 1x1 / fpn_output{s} 3x3 per input stage s = log2
+                           stride (bias unless normed), top-down nearest x2 added to the lateral, outputs p{s}, then
+                           `top_block` on its `in_feature` (a bottom-up feature or an FPN output), fuse "sum"/"avg"
   fvcore.nn.sigmoid_focal_loss_jit  torchvision.ops.sigmoid_focal_loss (fvcore's formula, alpha/gamma/reduction)
   fvcore.nn.weight_init            c2_xavier_fill / c2_msra_fill (detectron2's Caffe2-style initialisers)
 Anything else an official module reaches for is absent and fails loudly at import or call time.
@@ -225,6 +228,53 @@ class Backbone(nn.Module):
                 for name in self._out_features}
 
 
+class FPN(Backbone):
+    """detectron2's FPN (see the module docstring)."""
+
+    def __init__(self, bottom_up, in_features, out_channels, norm="", top_block=None, fuse_type="sum"):
+        super().__init__()
+        shapes = bottom_up.output_shape()
+        strides = [shapes[f].stride for f in in_features]
+        lateral_convs, output_convs = [], []
+        for in_channels, stride in zip([shapes[f].channels for f in in_features], strides):
+            lateral = Conv2d(in_channels, out_channels, kernel_size=1, bias=norm == "",
+                             norm=get_norm(norm, out_channels))
+            output = Conv2d(out_channels, out_channels, kernel_size=3, padding=1, bias=norm == "",
+                            norm=get_norm(norm, out_channels))
+            stage = int(math.log2(stride))
+            self.add_module(f"fpn_lateral{stage}", lateral)
+            self.add_module(f"fpn_output{stage}", output)
+            lateral_convs.append(lateral)
+            output_convs.append(output)
+        self.lateral_convs, self.output_convs = lateral_convs[::-1], output_convs[::-1]
+        self.top_block = top_block
+        self.in_features = tuple(in_features)
+        self.bottom_up = bottom_up
+        self._out_feature_strides = {f"p{int(math.log2(s))}": s for s in strides}
+        if top_block is not None:
+            for s in range(stage, stage + top_block.num_levels):
+                self._out_feature_strides[f"p{s + 1}"] = 2 ** (s + 1)
+        self._out_features = list(self._out_feature_strides)
+        self._out_feature_channels = {k: out_channels for k in self._out_features}
+        self._fuse_type = fuse_type
+
+    def forward(self, x):
+        bottom_up = self.bottom_up(x)
+        previous = self.lateral_convs[0](bottom_up[self.in_features[-1]])
+        results = [self.output_convs[0](previous)]
+        for index in range(1, len(self.lateral_convs)):
+            top_down = F.interpolate(previous, scale_factor=2.0, mode="nearest")
+            previous = self.lateral_convs[index](bottom_up[self.in_features[-index - 1]]) + top_down
+            if self._fuse_type == "avg":
+                previous = previous / 2
+            results.insert(0, self.output_convs[index](previous))
+        if self.top_block is not None:
+            source = self.top_block.in_feature
+            top_input = bottom_up[source] if source in bottom_up else results[self._out_features.index(source)]
+            results.extend(self.top_block(top_input))
+        return dict(zip(self._out_features, results))
+
+
 class Registry(dict):
     def __init__(self, name=""):
         super().__init__()
@@ -293,7 +343,9 @@ def _modules():
     registry = Registry
     layers = dict(Conv2d=Conv2d, ConvTranspose2d=nn.ConvTranspose2d, ShapeSpec=ShapeSpec, get_norm=get_norm,
                   FrozenBatchNorm2d=FrozenBatchNorm2d, cat=cat, interpolate=F.interpolate, ROIAlign=ROIAlign,
-                  batched_nms=batched_nms)
+                  batched_nms=batched_nms, DeformConv=_not_provided("DeformConv"),
+                  ModulatedDeformConv=_not_provided("ModulatedDeformConv"),
+                  ROIAlignRotated=_not_provided("ROIAlignRotated"))
     structures = dict(Boxes=Boxes, pairwise_iou=pairwise_iou, Instances=Instances,
                       ImageList=_not_provided("ImageList"))
     backbone_registry = registry("BACKBONE")
@@ -302,7 +354,7 @@ def _modules():
         "detectron2.layers": _module("detectron2.layers", __path__=[], **layers),
         "detectron2.layers.batch_norm": _module("detectron2.layers.batch_norm", get_norm=get_norm,
                                                 FrozenBatchNorm2d=FrozenBatchNorm2d),
-        "detectron2.structures": _module("detectron2.structures", **structures),
+        "detectron2.structures": _module("detectron2.structures", __path__=[], **structures),
         "detectron2.modeling": _module("detectron2.modeling", __path__=[], Backbone=Backbone,
                                        META_ARCH_REGISTRY=registry("META_ARCH"),
                                        build_backbone=_not_provided("build_backbone"),
@@ -315,7 +367,10 @@ def _modules():
                                                convert_boxes_to_pooler_format=convert_boxes_to_pooler_format),
         "detectron2.modeling.matcher": _module("detectron2.modeling.matcher", Matcher=Matcher),
         "detectron2.modeling.backbone": _module("detectron2.modeling.backbone", __path__=[], Backbone=Backbone,
-                                                BACKBONE_REGISTRY=backbone_registry),
+                                                BACKBONE_REGISTRY=backbone_registry, FPN=FPN,
+                                                build_resnet_backbone=_not_provided("build_resnet_backbone")),
+        "detectron2.modeling.backbone.fpn": _module("detectron2.modeling.backbone.fpn", FPN=FPN,
+                                                    LastLevelMaxPool=_not_provided("LastLevelMaxPool")),
         "detectron2.modeling.backbone.build": _module("detectron2.modeling.backbone.build",
                                                       BACKBONE_REGISTRY=backbone_registry),
         "detectron2.modeling.proposal_generator": _module("detectron2.modeling.proposal_generator", __path__=[]),
@@ -323,6 +378,11 @@ def _modules():
             "detectron2.modeling.proposal_generator.build", PROPOSAL_GENERATOR_REGISTRY=registry("PROPOSAL")),
         "detectron2.utils": _module("detectron2.utils", __path__=[]),
         "detectron2.utils.registry": _module("detectron2.utils.registry", Registry=registry),
+        "detectron2.utils.comm": _module("detectron2.utils.comm", get_world_size=lambda: 1),
+        "detectron2.utils.events": _module("detectron2.utils.events",
+                                           get_event_storage=_not_provided("get_event_storage")),
+        "detectron2.structures.masks": _module("detectron2.structures.masks",
+                                               PolygonMasks=_not_provided("PolygonMasks")),
         "fvcore": _module("fvcore", __path__=[]),
         "fvcore.nn": _module("fvcore.nn", __path__=[], sigmoid_focal_loss_jit=sigmoid_focal_loss_jit,
                              giou_loss=_not_provided("fvcore giou_loss"),

@@ -1,0 +1,243 @@
+"""maskbench's CenterMask against centermask2's own modules (youngwanLEE/centermask2), layer by layer.
+
+    git --git-dir=<mirror of youngwanLEE/centermask2> archive HEAD | tar -x -C ~/src/centermask2
+    python -m benchmarks.parity.centermask --official-repo ~/src/centermask2   # parity + tests/fixtures/parity/centermask.pt
+
+The procedure of benchmarks/parity/common.py. Our CenterMask-Lite V-39 (the official structure: VoVNetV2-39 eSE,
+frozen BatchNorm, 128-channel FPN with P6/P7 from P5, 2-conv FCOS towers with GroupNorm and per-level scales,
+SAG-Mask 2 x 128, MaskIoU 2 x 128, 14 x 14 RoIs, BGR detectron2 input) at 128 x 160 px with 6 classes gets seeded
+random weights. centermask2's modules are imported from `--official-repo` (centermask/modeling/backbone/vovnet.py
+`VoVNet` + fpn.py `LastLevelP6P7`, fcos/fcos.py `FCOSHead`, centermask/sam.py `SpatialAttentionMaskHead`,
+maskiou_head.py `MaskIoUHead`, pooler.py `ROIPooler` with the Lite config's ASSIGN_CRITERION "ratio") on the
+detectron2 stand-in of benchmarks/parity/_detectron2_stub.py (which provides detectron2's FPN), configured as
+configs/centermask/Base-CenterMask-Lite-VoVNet.yaml + centermask_lite_V_39_eSE_FPN_ms_4x.yaml and the config
+defaults. They are held under GeneralizedRCNN's attribute names (backbone, proposal_generator.fcos_head,
+roi_heads.mask_head / maskiou_head), so their state_dict() keys are the released checkpoints' keys; the weights go
+there through our converter's key function (models.centermask.convert.map_key).
+
+Compared, all on the same normalised padded batch (our transform's; detectron2's resize is not part of this):
+  * P3..P7 (official VoVNet + detectron2 FPN + LastLevelP6P7 vs our backbone + FPN);
+  * the FCOS head per level: class logits, box regression (ReLU of the scaled output, in strides), centerness;
+  * fixed boxes on both images (sizes from 4 px to the whole image, and some crossing the border): the RoI
+    features (scale-adaptive level assignment, ROIAlignV2 at 14 x 14), the SAG-Mask logits and the MaskIoU
+    predictions for the mask probabilities of the boxes' classes.
+Post-processing (thresholds, NMS, clipping, score) and the training losses are not in the fixture: the audit
+(centermask.md) lists known, deliberate differences there (GIoU without the +1 smoothing, clipped boxes,
+clamped IoU), and those parts are being edited; the comparison stays on what must be equal.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from benchmarks.parity import _detectron2_stub
+from benchmarks.parity.common import (
+    FIXTURE_DIR, git_head, max_differences, official_layout, save_fixture, seeded_state, state_checksum, tolerances,
+)
+from models.centermask import CenterMask
+from models.centermask.convert import DETECTRON2_PIXEL_MEAN, DETECTRON2_PIXEL_STD, map_key, official_settings
+
+PARITY_SEED = 18
+NUM_CLASSES = 6
+SIZE = dict(min_size=128, max_size=160)
+FPN_CHANNELS = 128
+ROI = 14
+
+
+# ------------------------------------------------------------------------------------------------------ ours
+
+
+def parity_model(seed: int = PARITY_SEED) -> tuple[CenterMask, dict[str, Tensor]]:
+    """Our CenterMask-Lite V-39 at SIZE with the seeded weights, and them."""
+    torch.manual_seed(seed)
+    model = CenterMask(
+        num_classes=NUM_CLASSES, backbone="ese_vovnet39b", out_indices=[2, 3, 4], ese_every_block=True,
+        pretrained=False, frozen_stages=0, norm="frozen_bn", fpn_channels=FPN_CHANNELS, fpn_norm="none",
+        input_format="BGR", pixel_mean=[v / 255 for v in DETECTRON2_PIXEL_MEAN],
+        pixel_std=[v / 255 for v in DETECTRON2_PIXEL_STD], fcos_num_convs=2, mask_head_convs=2,
+        mask_head_channels=128, maskiou_convs=2, maskiou_channels=128, roi_resolution=ROI, evaluate=False, **SIZE,
+    ).eval()
+    return model, seeded_state(model, seed)
+
+
+def parity_inputs() -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+    """Two images (one needing a resize), boxes per image (xyxy in the resized frame: 4 px to whole-image, some
+    crossing the border) and their classes."""
+    generator = torch.Generator().manual_seed(2)
+    images = [torch.rand(3, 128, 160, generator=generator), torch.rand(3, 100, 150, generator=generator)]
+    boxes = [torch.tensor([[10.0, 12, 70, 90], [0, 0, 160, 128], [60, 30, 64, 34], [130, 100, 175, 140]]),
+             torch.tensor([[20.0, 10, 90, 110], [5, 5, 37, 37], [-10, 40, 60, 100]])]
+    classes = [torch.tensor([0, 5, 2, 3]), torch.tensor([1, 4, 0])]
+    return images, boxes, classes
+
+
+def ours_outputs(model: CenterMask, images: list[Tensor], boxes: list[Tensor], classes: list[Tensor]
+                 ) -> tuple[dict[str, Tensor], Tensor, list[tuple[int, int]]]:
+    """Our pyramid, FCOS head, RoI features, mask logits, MaskIoU; also the batch and its image sizes."""
+    with torch.no_grad():
+        batch, _ = model.transform(model._to_input_format(images))
+        levels, (logits, regression, centerness) = model._network(batch)
+        pooled = model.roi_pool(levels[:3], boxes, batch.image_sizes)
+        mask_logits = model.mask_head(pooled)
+        labels = torch.cat(classes)
+        probs = mask_logits[torch.arange(len(labels)), labels][:, None].sigmoid()
+        maskiou = model.maskiou_head(pooled, probs)
+    outputs = {**{f"p{i + 3}": level for i, level in enumerate(levels)},
+               "fcos_logits": _flat(logits), "fcos_regression": _flat(regression),
+               "fcos_centerness": _flat(centerness), "roi_features": pooled, "mask_logits": mask_logits,
+               "mask_probs": probs, "maskiou": maskiou}
+    return outputs, batch.tensors, [tuple(int(v) for v in size) for size in batch.image_sizes]
+
+
+def _flat(maps: list[Tensor]) -> Tensor:
+    """Per level [B, D, H, W] -> [B, sum HW, D]."""
+    return torch.cat([m.flatten(2).transpose(1, 2) for m in maps], dim=1)
+
+
+# -------------------------------------------------------------------------------------------------- official
+
+
+@contextlib.contextmanager
+def official_modules(repo: str):
+    """centermask2's modules on the detectron2 stand-in. The package __init__ files that import the whole
+    detectron2 meta-architecture (centermask/, modeling/, modeling/centermask/) are not run: those packages are set
+    up from their directories; centermask/layers/__init__.py runs as is."""
+    root = Path(repo).expanduser().resolve()
+    package_dir = root / "centermask"
+    if not (package_dir / "modeling" / "backbone" / "vovnet.py").is_file():
+        raise FileNotFoundError(f"--official-repo {repo}: no centermask/modeling/backbone/vovnet.py "
+                                "(a youngwanLEE/centermask2 checkout)")
+    clashes = [name for name in sys.modules if name == "centermask" or name.startswith("centermask.")]
+    if clashes:
+        raise RuntimeError(f"modules {clashes[:3]} are already imported; the official ones would clash")
+    with _detectron2_stub.installed():
+        for name, folder in (("centermask", ""), ("centermask.modeling", "modeling"),
+                             ("centermask.modeling.backbone", "modeling/backbone"),
+                             ("centermask.modeling.fcos", "modeling/fcos"),
+                             ("centermask.modeling.centermask", "modeling/centermask")):
+            package = types.ModuleType(name)
+            package.__path__ = [str(package_dir / folder)]
+            sys.modules[name] = package
+        sys.path.insert(0, str(root))
+        try:
+            modules = {short: importlib.import_module(f"centermask.modeling.{path}") for short, path in (
+                ("vovnet", "backbone.vovnet"), ("fpn", "backbone.fpn"), ("fcos", "fcos.fcos"),
+                ("sam", "centermask.sam"), ("maskiou", "centermask.maskiou_head"), ("pooler", "centermask.pooler"))}
+            yield types.SimpleNamespace(root=root, **modules)
+        finally:
+            sys.path.remove(str(root))
+            for name in [n for n in sys.modules if n == "centermask" or n.startswith("centermask.")]:
+                sys.modules.pop(name)
+
+
+def official_cfg() -> types.SimpleNamespace:
+    """The config values the modules read: centermask2 defaults + Base-CenterMask-Lite-VoVNet.yaml + the V-39 file."""
+    ns = types.SimpleNamespace
+    return ns(MODEL=ns(
+        BACKBONE=ns(FREEZE_AT=0),
+        VOVNET=ns(CONV_BODY="V-39-eSE", NORM="FrozenBN", OUT_FEATURES=["stage3", "stage4", "stage5"],
+                  STAGE_WITH_DCN=(False, False, False, False), WITH_MODULATED_DCN=False, DEFORMABLE_GROUPS=1),
+        FPN=ns(IN_FEATURES=["stage3", "stage4", "stage5"], OUT_CHANNELS=FPN_CHANNELS, NORM="", FUSE_TYPE="sum"),
+        FCOS=ns(NUM_CLASSES=NUM_CLASSES, FPN_STRIDES=[8, 16, 32, 64, 128], NUM_CLS_CONVS=2, NUM_BOX_CONVS=2,
+                NUM_SHARE_CONVS=0, USE_DEFORMABLE=False, NORM="GN", USE_SCALE=True, PRIOR_PROB=0.01, TOP_LEVELS=2),
+        ROI_HEADS=ns(NUM_CLASSES=NUM_CLASSES, IN_FEATURES=["p3", "p4", "p5"]),
+        ROI_MASK_HEAD=ns(CONV_DIM=128, NORM="", NUM_CONV=2, CLS_AGNOSTIC_MASK=False, POOLER_RESOLUTION=ROI,
+                         POOLER_SAMPLING_RATIO=0, POOLER_TYPE="ROIAlignV2", ASSIGN_CRITERION="ratio"),
+        ROI_MASKIOU_HEAD=ns(CONV_DIM=128, NUM_CONV=2),
+    ))
+
+
+class OfficialModel(nn.Module):
+    """centermask2's modules under GeneralizedRCNN's attribute names (see the module docstring)."""
+
+    def __init__(self, official, cfg):
+        super().__init__()
+        bottom_up = official.vovnet.VoVNet(cfg, 3, out_features=cfg.MODEL.VOVNET.OUT_FEATURES)
+        fpn_class = sys.modules["detectron2.modeling.backbone.fpn"].FPN
+        self.backbone = fpn_class(bottom_up=bottom_up, in_features=cfg.MODEL.FPN.IN_FEATURES,
+                                  out_channels=FPN_CHANNELS, norm=cfg.MODEL.FPN.NORM,
+                                  top_block=official.fpn.LastLevelP6P7(FPN_CHANNELS, FPN_CHANNELS, "p5"),
+                                  fuse_type=cfg.MODEL.FPN.FUSE_TYPE)
+        shapes = [_detectron2_stub.ShapeSpec(channels=FPN_CHANNELS, stride=s) for s in cfg.MODEL.FCOS.FPN_STRIDES]
+        self.proposal_generator = nn.Module()
+        self.proposal_generator.fcos_head = official.fcos.FCOSHead(cfg, shapes)
+        roi_shape = _detectron2_stub.ShapeSpec(channels=FPN_CHANNELS, width=ROI, height=ROI)
+        self.roi_heads = nn.Module()
+        self.roi_heads.mask_head = official.sam.SpatialAttentionMaskHead(cfg, roi_shape)
+        self.roi_heads.maskiou_head = official.maskiou.MaskIoUHead(cfg, roi_shape)
+        mask = cfg.MODEL.ROI_MASK_HEAD
+        self.mask_pooler = official.pooler.ROIPooler(
+            output_size=ROI, scales=tuple(1.0 / s for s in (8, 16, 32)), sampling_ratio=mask.POOLER_SAMPLING_RATIO,
+            pooler_type=mask.POOLER_TYPE, assign_crit=mask.ASSIGN_CRITERION)
+
+
+def official_outputs(net: OfficialModel, batch: Tensor, image_sizes, boxes, classes) -> dict[str, Tensor]:
+    Instances, Boxes = _detectron2_stub.Instances, _detectron2_stub.Boxes
+    with torch.no_grad():
+        pyramid = net.backbone(batch)
+        levels = [pyramid[f"p{i}"] for i in range(3, 8)]
+        logits, regression, centerness, _ = net.proposal_generator.fcos_head(levels)
+        instances = [Instances(size, pred_boxes=Boxes(b), pred_classes=c)
+                     for size, b, c in zip(image_sizes, boxes, classes)]
+        pooled = net.mask_pooler(levels[:3], instances)
+        mask_logits = net.roi_heads.mask_head(pooled)
+        labels = torch.cat(classes)
+        probs = mask_logits[torch.arange(len(labels)), labels][:, None].sigmoid()
+        maskiou = net.roi_heads.maskiou_head(pooled, probs)
+    return {**{f"p{i + 3}": level for i, level in enumerate(levels)},
+            "fcos_logits": _flat(logits), "fcos_regression": _flat(regression),
+            "fcos_centerness": _flat(centerness), "roi_features": pooled, "mask_logits": mask_logits,
+            "mask_probs": probs, "maskiou": maskiou}
+
+
+def to_official_layout(ours: dict[str, Tensor], official_keys: list[str]) -> dict[str, Tensor]:
+    return official_layout(ours, official_keys, map_key)
+
+
+# ------------------------------------------------------------------------------------------------------ run
+
+
+def run_parity(args: argparse.Namespace) -> dict[str, Any]:
+    model, state = parity_model(args.seed)
+    images, boxes, classes = parity_inputs()
+    ours, batch, image_sizes = ours_outputs(model, images, boxes, classes)
+    with official_modules(args.official_repo) as official:
+        net = OfficialModel(official, official_cfg()).eval()
+        official_keys = list(net.state_dict())
+        net.load_state_dict(to_official_layout(state, official_keys), strict=True)
+        official_all = official_outputs(net, batch, image_sizes, boxes, classes)
+    settings = official_settings(net.state_dict(), "official")
+    settings_equal = {k: v for k, v in settings.items() if k not in ("min_size", "max_size", "post_nms_top_n_test")
+                      and model.hparams[k] != v}
+    measured = max_differences(official_all, ours)
+    allowed = tolerances(measured, official_all)
+    fixture = {
+        "seed": args.seed, "checksum": state_checksum(state), "torch": torch.__version__,
+        "official_repo_commit": git_head(official.root), "official_keys": official_keys, "images": images,
+        "boxes": boxes, "classes": classes, "official": official_all, "measured": measured, "tolerances": allowed,
+    }
+    path = save_fixture("centermask", fixture, args.fixture_dir)
+    return {"official_keys": len(official_keys), "converter_settings_differing": settings_equal,
+            "max_abs_diff": measured, "fixture": path}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--official-repo", required=True, help="a youngwanLEE/centermask2 checkout")
+    parser.add_argument("--seed", type=int, default=PARITY_SEED)
+    parser.add_argument("--fixture-dir", default=FIXTURE_DIR)
+    args = parser.parse_args(argv)
+    print(json.dumps(run_parity(args), indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
