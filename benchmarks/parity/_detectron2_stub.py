@@ -403,6 +403,18 @@ def installed():
     sys.modules["fvcore.nn"].weight_init = modules["fvcore.nn.weight_init"]
     try:
         yield
-    finally:
-        for name in modules:
+    finally:  # also what a caller loaded under these packages (e.g. real detectron2 files, see load_file)
+        for name in [n for n in sys.modules if n.split(".")[0] in ("detectron2", "fvcore")]:
             sys.modules.pop(name, None)
+
+
+def load_file(name: str, path) -> types.ModuleType:
+    """Execute the source file `path` as module `name` (registered in sys.modules first, so its relative imports
+    resolve inside the stand-in packages): for real detectron2 files shipped in an official checkout."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, str(path))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -12,11 +12,12 @@ config.py + Base-ISTR.yaml (ROIAlignV2, 7 x 7, sampling 2, P2..P5; NUM_DYNAMIC 2
 The official meta-architecture's own parameters (`pos_embeddings`, `init_proposal_boxes`, `mask_encoding.*`) and
 the head's (`head.head_series.*`) get our weights through our converter's key table (models.istr.convert).
 
-What runs on both sides is everything after the FPN. detectron2's ResNet + FPN is not in the stand-in: both heads
-read OUR backbone's pyramid, so the backbone / FPN key names of the converter are not checked here (the head,
-codec, query and box keys are: the official modules' state_dict() keys, stored in the fixture, must map through
-the converter's table onto exactly our tensors).
-  * eval: the query initialisation (boxes from init_proposal_boxes x image size; features = sum over levels of the
+The backbone is detectron2's own ResNet + FPN as the checkout ships it (detectron2/layers/{wrappers,blocks}.py,
+detectron2/modeling/backbone/{backbone,resnet,fpn}.py, loaded as files into the stand-in packages;
+`build_resnet_fpn_backbone` with ISTR-R50-3x.yaml's STRIDE_IN_1X1 False, FrozenBN, depth 18 here), so the whole
+official state dict's keys (the released checkpoints' layout) go through our converter, and the whole network runs
+on both sides from the same normalised padded batch (our transform's).
+  * eval: the pyramid P2..P5, the query initialisation (boxes from init_proposal_boxes x image size; features = sum over levels of the
     spatial mean + pos_embeddings, official `ImgFeatExtractor`) and every stage's class logits, boxes and mask
     embeddings (official `DynamicHead` with deep supervision);
   * train: the Hungarian assignments of every stage and the five loss totals (the official per-stage terms
@@ -88,11 +89,8 @@ def official_key_to_ours(key: str) -> str | None:
 
 
 def to_official_layout(ours: dict[str, Tensor], official_keys: list[str]) -> dict[str, Tensor]:
-    """Our tensors under the official names; our backbone / FPN tensors are not part of the official modules built
-    here (see the module docstring) and are left out."""
-    head_part = {k: v for k, v in ours.items() if not k.startswith(("backbone.", "neck."))}
-    return official_layout(head_part, official_keys, official_key_to_ours,
-                           ignored=lambda key: key in CONVERTER_FILLED)
+    """Our tensors under the official names (the converter fills CONVERTER_FILLED itself)."""
+    return official_layout(ours, official_keys, official_key_to_ours, ignored=lambda key: key in CONVERTER_FILLED)
 
 
 def parity_batch() -> tuple[list[Tensor], list[dict[str, Tensor]]]:
@@ -130,25 +128,27 @@ def constant_soft_logits(masks: Tensor) -> Tensor:
 def ours_outputs(model: ISTR, images: list[Tensor], targets: list[dict]) -> tuple[dict[str, Tensor], list]:
     """Our query initialisation, stage outputs, assignments and losses; also the match targets (for the official)."""
     captured = {}
-    hook = model.head.register_forward_pre_hook(lambda module, args: captured.update(
-        features=[f.clone() for f in args[0]], boxes=args[1].clone(), queries=args[2].clone()))
+    hooks = [model.head.register_forward_pre_hook(lambda module, args: captured.update(
+        features=[f.clone() for f in args[0]], boxes=args[1].clone(), queries=args[2].clone())),
+        model.backbone.register_forward_pre_hook(lambda module, args: captured.update(batch=args[0].clone()))]
     try:
         with torch.no_grad():
             stages, resized = model.network(images)
     finally:
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
     sizes = [(int(i.shape[-2]), int(i.shape[-1])) for i in images]
     wanted = match_targets(targets, sizes, resized, ConstantNoiseCodec(model.codec), SETTINGS["codec_mask_size"],
                            stages[-1].boxes.device)
     with torch.no_grad():
         losses = model.criterion(stages, wanted, model.codec)
         matches = [model.criterion.matcher(s.class_logits, s.boxes, s.mask_embeddings, wanted) for s in stages]
-    outputs = {"init_boxes": captured["boxes"], "init_queries": captured["queries"],
+    outputs = {**{f"p{i + 2}": f for i, f in enumerate(captured["features"])}, "init_boxes": captured["boxes"], "init_queries": captured["queries"],
                "class_logits": torch.stack([s.class_logits for s in stages]),
                "boxes": torch.stack([s.boxes for s in stages]),
                "mask_embeddings": torch.stack([s.mask_embeddings for s in stages]),
                "assignments": _assignment_table(matches, SETTINGS["num_queries"]), **losses}
-    return outputs, captured["features"], wanted
+    return outputs, captured["batch"], wanted
 
 
 def _assignment_table(matches, num_queries: int) -> Tensor:
@@ -173,7 +173,15 @@ def official_modules(repo: str):
                                 "(an ISTR V1 checkout, commit 02279fc)")
     import torchvision
 
+    detectron2 = root.parent.parent / "detectron2"
     with _detectron2_stub.installed():
+        layers = sys.modules["detectron2.layers"]
+        layers.Conv2d = _detectron2_stub.load_file("detectron2.layers.wrappers", detectron2 / "layers/wrappers.py").Conv2d
+        layers.CNNBlockBase = _detectron2_stub.load_file("detectron2.layers.blocks",
+                                                         detectron2 / "layers/blocks.py").CNNBlockBase
+        for name in ("backbone", "resnet", "fpn"):
+            backbone_module = _detectron2_stub.load_file(f"detectron2.modeling.backbone.{name}",
+                                                         detectron2 / f"modeling/backbone/{name}.py")
         package = types.ModuleType("istr")
         package.__path__ = [str(root / "istr")]
         sys.modules["istr"] = package
@@ -186,7 +194,8 @@ def official_modules(repo: str):
         finally:
             torchvision.__version__ = version
         try:
-            yield types.SimpleNamespace(root=root.parent.parent, **{k.split(".")[-1]: v for k, v in loaded.items()})
+            yield types.SimpleNamespace(root=root.parent.parent, d2_fpn=backbone_module,
+                                        **{k.split(".")[-1]: v for k, v in loaded.items()})
         finally:
             for name in [n for n in sys.modules if n == "istr" or n.startswith("istr.")]:
                 sys.modules.pop(name)
@@ -202,31 +211,40 @@ def official_cfg() -> types.SimpleNamespace:
         NUM_DYNAMIC=2, DIM_DYNAMIC=SETTINGS["dynamic_dim"], CLASS_WEIGHT=2.0, GIOU_WEIGHT=2.0, L1_WEIGHT=5.0,
         DEEP_SUPERVISION=True, NO_OBJECT_WEIGHT=0.1, MASK_WEIGHT=2.0, ALPHA=0.25, GAMMA=2.0, PRIOR_PROB=0.01,
     )
+    resnets = types.SimpleNamespace(
+        NORM="FrozenBN", STEM_OUT_CHANNELS=64, OUT_FEATURES=["res2", "res3", "res4", "res5"],
+        DEPTH=int(SETTINGS["backbone"].removeprefix("resnet")), NUM_GROUPS=1, WIDTH_PER_GROUP=64,
+        RES2_OUT_CHANNELS=64 if SETTINGS["backbone"] in ("resnet18", "resnet34") else 256, STRIDE_IN_1X1=False,
+        RES5_DILATION=1, DEFORM_ON_PER_STAGE=[False] * 4, DEFORM_MODULATED=False, DEFORM_NUM_GROUPS=1)
+    fpn = types.SimpleNamespace(IN_FEATURES=["res2", "res3", "res4", "res5"], OUT_CHANNELS=SETTINGS["fpn_channels"],
+                                NORM="", FUSE_TYPE="sum")
     return types.SimpleNamespace(MODEL=types.SimpleNamespace(
+        BACKBONE=types.SimpleNamespace(FREEZE_AT=0), RESNETS=resnets, FPN=fpn,
         ISTR=istr, ROI_HEADS=types.SimpleNamespace(IN_FEATURES=["p2", "p3", "p4", "p5"]),
         ROI_BOX_HEAD=types.SimpleNamespace(POOLER_RESOLUTION=SETTINGS["pooler_resolution"], POOLER_SAMPLING_RATIO=2,
                                            POOLER_TYPE="ROIAlignV2")))
 
 
 class OfficialParts(torch.nn.Module):
-    """The official meta-architecture's parameters under its own names (inseg.py's ISTR.__init__): head,
-    mask_encoding, pos_embeddings, init_proposal_boxes."""
+    """The official meta-architecture's modules under its own names (inseg.py's ISTR.__init__): backbone (detectron2's
+    ResNet + FPN), pos_embeddings, init_proposal_boxes, mask_encoding, head."""
 
     def __init__(self, official, cfg):
         super().__init__()
-        shape = {f"p{level}": _detectron2_stub.ShapeSpec(channels=SETTINGS["fpn_channels"], stride=2 ** level)
-                 for level in (2, 3, 4, 5)}
-        self.head = official.head.DynamicHead(cfg=cfg, roi_input_shape=shape)
+        self.backbone = official.d2_fpn.build_resnet_fpn_backbone(cfg, _detectron2_stub.ShapeSpec(channels=3))
+        self.head = official.head.DynamicHead(cfg=cfg, roi_input_shape=self.backbone.output_shape())
         self.mask_encoding = official.MaskEncoding.PCAMaskEncoding(cfg)
         self.pos_embeddings = torch.nn.Embedding(SETTINGS["num_queries"], SETTINGS["fpn_channels"])
         self.init_proposal_boxes = torch.nn.Embedding(SETTINGS["num_queries"], 4)
 
 
-def official_outputs(official, parts: OfficialParts, cfg, features: list[Tensor], images: list[Tensor], wanted
+def official_outputs(official, parts: OfficialParts, cfg, batch: Tensor, images: list[Tensor], wanted
                      ) -> dict[str, Tensor]:
     box_ops = official.box_ops
     whwh = torch.tensor([[i.shape[-1], i.shape[-2]] * 2 for i in images], dtype=torch.float32)
     with torch.no_grad():
+        pyramid = parts.backbone(batch)
+        features = [pyramid[name] for name in cfg.MODEL.ROI_HEADS.IN_FEATURES]
         # inseg.py's forward, step by step, with its own functions.
         boxes = box_ops.box_cxcywh_to_xyxy(parts.init_proposal_boxes.weight.clone())[None] * whwh[:, None, :]
         queries = _img_feat_extractor(official, cfg)(features) + parts.pos_embeddings.weight[None].repeat(
@@ -261,7 +279,8 @@ def official_outputs(official, parts: OfficialParts, cfg, features: list[Tensor]
     matches = matches[1:] + matches[:1]
     totals = {ours: sum(criterion.weight_dict[k] * v for k, v in losses.items() if k.rsplit("_", 1)[0] == name
                         or k == name) for name, ours in OFFICIAL_TERMS.items()}
-    return {"init_boxes": boxes, "init_queries": queries, "class_logits": classes, "boxes": coords,
+    return {**{f"p{i + 2}": f for i, f in enumerate(features)},
+            "init_boxes": boxes, "init_queries": queries, "class_logits": classes, "boxes": coords,
             "mask_embeddings": masks, "assignments": _assignment_table(matches, SETTINGS["num_queries"]), **totals}
 
 
@@ -288,13 +307,13 @@ def run_parity(args: argparse.Namespace) -> dict[str, Any]:
     seed = args.seed
     model, state = parity_model(seed)
     images, targets = parity_batch()
-    ours, features, wanted = ours_outputs(model, images, targets)
+    ours, batch, wanted = ours_outputs(model, images, targets)
     cfg = official_cfg()
     with official_modules(args.official_repo) as official:
         parts = OfficialParts(official, cfg).eval()
         official_keys = list(parts.state_dict())
         parts.load_state_dict(to_official_layout(state, official_keys), strict=True)
-        official_all = official_outputs(official, parts, cfg, features, images, wanted)
+        official_all = official_outputs(official, parts, cfg, batch, images, wanted)
     measured = max_differences(official_all, ours)
     allowed = tolerances(measured, official_all)
     allowed["assignments"] = 0.0

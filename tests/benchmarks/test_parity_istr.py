@@ -1,9 +1,14 @@
 """ISTR against the official V1 code without the official checkout: the fixture written by benchmarks/parity/istr.py
 (official DynamicHead, matcher, losses and PCA codec on our seeded weights) replayed on our model."""
 import pytest
+import torch
 
 from benchmarks.parity import istr as parity
 from benchmarks.parity.common import compare, replay as replay_fixture
+from models.istr.convert import map_state_dict, official_settings
+
+# Settings the converter takes from the official training / test recipe rather than from the weights.
+RECIPE_SETTINGS = ("frozen_stages", "min_size", "max_size", "evaluate")
 
 
 @pytest.fixture(scope="module")
@@ -11,12 +16,16 @@ def replay():
     return replay_fixture("istr", parity.parity_model, "benchmarks.parity.istr")
 
 
-def test_converter_key_table_maps_the_official_head_layout_onto_our_tensors(replay):
-    """The official modules' state_dict() keys (head, mask_encoding, pos_embeddings, init_proposal_boxes), stored in
-    the fixture, through the converter's key table: every key lands on one of our tensors, none of ours is left."""
-    fixture, _, state = replay
+def test_converter_reads_the_official_layout_back_into_our_model(replay):
+    """The official modules' state_dict() keys (detectron2's ResNet-18 + FPN, head, mask_encoding, queries), stored
+    in the fixture, through the converter: the same architecture settings and every tensor in place."""
+    fixture, model, state = replay
     official = parity.to_official_layout(state, fixture["official_keys"])
-    assert len(official) == len(fixture["official_keys"])
+    settings = official_settings(official, "official")
+    architecture = [k for k in parity.SETTINGS if k not in RECIPE_SETTINGS]
+    assert {k: settings[k] for k in architecture} == {k: model.hparams[k] for k in architecture}
+    mapped = map_state_dict(official, model.state_dict(), "official")
+    assert all(torch.equal(mapped[k], v) for k, v in state.items() if k not in parity.CONVERTER_FILLED)
 
 
 def test_stage_outputs_assignments_and_losses_match_the_official(replay):
