@@ -13,7 +13,9 @@ detectron2 stand-in of benchmarks/parity/_detectron2_stub.py (which provides det
 configs/centermask/Base-CenterMask-Lite-VoVNet.yaml + centermask_lite_V_39_eSE_FPN_ms_4x.yaml and the config
 defaults. They are held under GeneralizedRCNN's attribute names (backbone, proposal_generator.fcos_head,
 roi_heads.mask_head / maskiou_head), so their state_dict() keys are the released checkpoints' keys; the weights go
-there through our converter's key function (models.centermask.convert.map_key).
+there through our converter's key function (models.centermask.convert.map_key). The fixture also stores the
+key -> shape layouts of the released VoVNet configurations (`RELEASED_LAYOUTS`, built from the official modules at
+COCO size; the depthwise V-19-slim-dw, which the converter refuses, in `REFUSED_LAYOUTS`).
 
 Compared, all on the same normalised padded batch (our transform's; detectron2's resize is not part of this):
   * P3..P7 (official VoVNet + detectron2 FPN + LastLevelP6P7 vs our backbone + FPN);
@@ -41,10 +43,13 @@ from torch import Tensor, nn
 
 from benchmarks.parity import _detectron2_stub
 from benchmarks.parity.common import (
-    FIXTURE_DIR, git_head, max_differences, official_layout, save_fixture, seeded_state, state_checksum, tolerances,
+    FIXTURE_DIR, converter_reads, git_head, layout, max_differences, official_layout, save_fixture, seeded_state,
+    state_checksum, tolerances,
 )
 from models.centermask import CenterMask
-from models.centermask.convert import DETECTRON2_PIXEL_MEAN, DETECTRON2_PIXEL_STD, map_key, official_settings
+from models.centermask.convert import (
+    DETECTRON2_PIXEL_MEAN, DETECTRON2_PIXEL_STD, map_key, map_state_dict, official_settings,
+)
 
 PARITY_SEED = 18
 NUM_CLASSES = 6
@@ -139,21 +144,40 @@ def official_modules(repo: str):
                 sys.modules.pop(name)
 
 
-def official_cfg() -> types.SimpleNamespace:
-    """The config values the modules read: centermask2 defaults + Base-CenterMask-Lite-VoVNet.yaml + the V-39 file."""
+def official_cfg(conv_body: str = "V-39-eSE", lite: bool = True, num_classes: int = NUM_CLASSES
+                 ) -> types.SimpleNamespace:
+    """The config values the modules read: centermask2's config defaults (FPN 256, FCOS 4 convs, mask head 4 x 256,
+    MaskIoU 4 x 256) + Base-CenterMask-VoVNet.yaml, or with `lite` Base-CenterMask-Lite-VoVNet.yaml (FPN 128,
+    FCOS 2 convs, mask and MaskIoU heads 2 x 128), + the configuration file's CONV_BODY."""
     ns = types.SimpleNamespace
+    channels, convs = (128, 2) if lite else (256, 4)
     return ns(MODEL=ns(
         BACKBONE=ns(FREEZE_AT=0),
-        VOVNET=ns(CONV_BODY="V-39-eSE", NORM="FrozenBN", OUT_FEATURES=["stage3", "stage4", "stage5"],
+        VOVNET=ns(CONV_BODY=conv_body, NORM="FrozenBN", OUT_FEATURES=["stage3", "stage4", "stage5"],
                   STAGE_WITH_DCN=(False, False, False, False), WITH_MODULATED_DCN=False, DEFORMABLE_GROUPS=1),
-        FPN=ns(IN_FEATURES=["stage3", "stage4", "stage5"], OUT_CHANNELS=FPN_CHANNELS, NORM="", FUSE_TYPE="sum"),
-        FCOS=ns(NUM_CLASSES=NUM_CLASSES, FPN_STRIDES=[8, 16, 32, 64, 128], NUM_CLS_CONVS=2, NUM_BOX_CONVS=2,
-                NUM_SHARE_CONVS=0, USE_DEFORMABLE=False, NORM="GN", USE_SCALE=True, PRIOR_PROB=0.01, TOP_LEVELS=2),
-        ROI_HEADS=ns(NUM_CLASSES=NUM_CLASSES, IN_FEATURES=["p3", "p4", "p5"]),
-        ROI_MASK_HEAD=ns(CONV_DIM=128, NORM="", NUM_CONV=2, CLS_AGNOSTIC_MASK=False, POOLER_RESOLUTION=ROI,
-                         POOLER_SAMPLING_RATIO=0, POOLER_TYPE="ROIAlignV2", ASSIGN_CRITERION="ratio"),
-        ROI_MASKIOU_HEAD=ns(CONV_DIM=128, NUM_CONV=2),
+        FPN=ns(IN_FEATURES=["stage3", "stage4", "stage5"], OUT_CHANNELS=channels, NORM="", FUSE_TYPE="sum"),
+        FCOS=ns(NUM_CLASSES=num_classes, FPN_STRIDES=[8, 16, 32, 64, 128], NUM_CLS_CONVS=convs,
+                NUM_BOX_CONVS=convs, NUM_SHARE_CONVS=0, USE_DEFORMABLE=False, NORM="GN", USE_SCALE=True,
+                PRIOR_PROB=0.01, TOP_LEVELS=2),
+        ROI_HEADS=ns(NUM_CLASSES=num_classes, IN_FEATURES=["p3", "p4", "p5"]),
+        ROI_MASK_HEAD=ns(CONV_DIM=channels, NORM="", NUM_CONV=convs, CLS_AGNOSTIC_MASK=False,
+                         POOLER_RESOLUTION=ROI, POOLER_SAMPLING_RATIO=0, POOLER_TYPE="ROIAlignV2",
+                         ASSIGN_CRITERION="ratio"),
+        ROI_MASKIOU_HEAD=ns(CONV_DIM=channels, NUM_CONV=convs),
     ))
+
+
+# The released VoVNet configurations (configs/centermask/*.yaml, non-DCN): (CONV_BODY, Lite base config).
+RELEASED_LAYOUTS = {
+    "centermask_lite_V_19_eSE_FPN_ms_4x": ("V-19-eSE", True),
+    "centermask_lite_V_19_slim_eSE_FPN_ms_4x": ("V-19-slim-eSE", True),
+    "centermask_lite_V_39_eSE_FPN_ms_4x": ("V-39-eSE", True),
+    "centermask_V_39_eSE_FPN_ms_3x": ("V-39-eSE", False),
+    "centermask_V_57_eSE_FPN_ms_3x": ("V-57-eSE", False),
+    "centermask_V_99_eSE_FPN_ms_3x": ("V-99-eSE", False),
+}
+# Released, and refused by our converter with a clear message (depthwise VoVNet).
+REFUSED_LAYOUTS = {"centermask_lite_V_19_slim_dw_eSE_FPN_ms_4x": ("V-19-slim-dw-eSE", True)}
 
 
 class OfficialModel(nn.Module):
@@ -163,14 +187,15 @@ class OfficialModel(nn.Module):
         super().__init__()
         bottom_up = official.vovnet.VoVNet(cfg, 3, out_features=cfg.MODEL.VOVNET.OUT_FEATURES)
         fpn_class = sys.modules["detectron2.modeling.backbone.fpn"].FPN
+        channels = cfg.MODEL.FPN.OUT_CHANNELS
         self.backbone = fpn_class(bottom_up=bottom_up, in_features=cfg.MODEL.FPN.IN_FEATURES,
-                                  out_channels=FPN_CHANNELS, norm=cfg.MODEL.FPN.NORM,
-                                  top_block=official.fpn.LastLevelP6P7(FPN_CHANNELS, FPN_CHANNELS, "p5"),
+                                  out_channels=channels, norm=cfg.MODEL.FPN.NORM,
+                                  top_block=official.fpn.LastLevelP6P7(channels, channels, "p5"),
                                   fuse_type=cfg.MODEL.FPN.FUSE_TYPE)
-        shapes = [_detectron2_stub.ShapeSpec(channels=FPN_CHANNELS, stride=s) for s in cfg.MODEL.FCOS.FPN_STRIDES]
+        shapes = [_detectron2_stub.ShapeSpec(channels=channels, stride=s) for s in cfg.MODEL.FCOS.FPN_STRIDES]
         self.proposal_generator = nn.Module()
         self.proposal_generator.fcos_head = official.fcos.FCOSHead(cfg, shapes)
-        roi_shape = _detectron2_stub.ShapeSpec(channels=FPN_CHANNELS, width=ROI, height=ROI)
+        roi_shape = _detectron2_stub.ShapeSpec(channels=channels, width=ROI, height=ROI)
         self.roi_heads = nn.Module()
         self.roi_heads.mask_head = official.sam.SpatialAttentionMaskHead(cfg, roi_shape)
         self.roi_heads.maskiou_head = official.maskiou.MaskIoUHead(cfg, roi_shape)
@@ -203,6 +228,18 @@ def to_official_layout(ours: dict[str, Tensor], official_keys: list[str]) -> dic
     return official_layout(ours, official_keys, map_key)
 
 
+def official_layouts(official) -> dict[str, dict[str, list[int]]]:
+    """Key -> shape of the official model of every released (and refused) configuration at COCO size."""
+    return {name: layout(OfficialModel(official, official_cfg(body, lite, num_classes=80)))
+            for name, (body, lite) in {**RELEASED_LAYOUTS, **REFUSED_LAYOUTS}.items()}
+
+
+def converter_reads_layout(name: str, shapes: dict[str, list[int]]) -> dict:
+    """Our converter's settings for one official layout (raises when its keys or shapes do not map)."""
+    return converter_reads(shapes, lambda state: official_settings(state, name), CenterMask,
+                           lambda state, expected: map_state_dict(state, expected, name))
+
+
 # ------------------------------------------------------------------------------------------------------ run
 
 
@@ -215,6 +252,15 @@ def run_parity(args: argparse.Namespace) -> dict[str, Any]:
         official_keys = list(net.state_dict())
         net.load_state_dict(to_official_layout(state, official_keys), strict=True)
         official_all = official_outputs(net, batch, image_sizes, boxes, classes)
+        layouts = official_layouts(official)
+    layout_report = {}
+    for name, shapes in layouts.items():
+        try:
+            settings = converter_reads_layout(name, shapes)
+            layout_report[name] = {k: settings[k] for k in ("backbone", "fpn_channels", "fcos_num_convs",
+                                                            "mask_head_convs", "maskiou_convs", "min_size")}
+        except ValueError as error:
+            layout_report[name] = f"refused: {str(error)[:120]}"
     settings = official_settings(net.state_dict(), "official")
     settings_equal = {k: v for k, v in settings.items() if k not in ("min_size", "max_size", "post_nms_top_n_test")
                       and model.hparams[k] != v}
@@ -223,10 +269,11 @@ def run_parity(args: argparse.Namespace) -> dict[str, Any]:
     fixture = {
         "seed": args.seed, "checksum": state_checksum(state), "torch": torch.__version__,
         "official_repo_commit": git_head(official.root), "official_keys": official_keys, "images": images,
-        "boxes": boxes, "classes": classes, "official": official_all, "measured": measured, "tolerances": allowed,
+        "boxes": boxes, "classes": classes, "layouts": layouts, "official": official_all, "measured": measured, "tolerances": allowed,
     }
     path = save_fixture("centermask", fixture, args.fixture_dir)
     return {"official_keys": len(official_keys), "converter_settings_differing": settings_equal,
+            "released_layouts_converted": layout_report,
             "max_abs_diff": measured, "fixture": path}
 
 

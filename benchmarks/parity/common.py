@@ -96,6 +96,24 @@ def official_layout(ours: dict[str, Tensor], official_keys: list[str],
     return state
 
 
+def layout(module: torch.nn.Module) -> dict[str, list[int]]:
+    """The key -> shape layout of an official module's state dict (what a released checkpoint of it holds)."""
+    return {key: list(value.shape) for key, value in module.state_dict().items()}
+
+
+def converter_reads(shapes: dict[str, list[int]], read_settings: Callable, model_class: type,
+                    map_state: Callable) -> dict:
+    """Run a converter's two steps on an official layout without weights: `read_settings(state)` (constructor
+    arguments from the shapes) and `map_state(state, expected)` (keys and shapes onto the model built from them,
+    on the meta device). Returns the settings; raises the converter's ValueError when the layout does not map."""
+    state = {key: torch.empty(shape, device="meta") for key, shape in shapes.items()}
+    settings = read_settings(state)
+    with torch.device("meta"):
+        model = model_class(**settings)
+    map_state(state, model.state_dict())
+    return settings
+
+
 def max_differences(official: dict[str, Tensor], ours: dict[str, Tensor]) -> dict[str, float]:
     """Per name, the largest absolute difference (shapes must agree; exact for integer tensors)."""
     report = {}

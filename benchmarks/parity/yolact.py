@@ -17,7 +17,9 @@ go to the official layout through our converter's key function (models.yolact.co
     and the anchor assignments (the official `match`'s conf_t: -1 neutral, 0 background, class + 1) against
     models.yolact.targets.match_anchors.
 The fixture stores the seed, the weights' checksum, the official state-dict keys, the inputs, the official tensors
-and 10x the measured differences as tolerances; tests/benchmarks/test_parity_yolact.py replays it.
+and 10x the measured differences as tolerances; tests/benchmarks/test_parity_yolact.py replays it. It also stores
+the key -> shape layouts of the released v1 ResNet configurations (`RELEASED_LAYOUTS`: R-50, R-101 at 550, 400,
+700 px, built from the official code at COCO size), which the test runs through the converter without weights.
 
 TIMING (--timing):
 1. The official code is imported from `--official-repo` (a checkout of dbolya/yolact; nothing of it lives in this
@@ -94,10 +96,13 @@ import models.yolact.postprocess as our_postprocess
 from datamodules.synthetic import synthetic_root
 from models.common.files import write_json_atomic
 from models.yolact import YOLACT
-from models.yolact.convert import _PATTERNS, _TOLERATED, convert_yolact_official, official_settings
+from models.yolact.convert import (
+    _PATTERNS, _TOLERATED, convert_yolact_official, map_state_dict, official_settings,
+)
 from models.common.checkpoint import rename_key
 from benchmarks.parity.common import (
-    FIXTURE_DIR, git_head, max_differences, official_layout, save_fixture, seeded_state, state_checksum, tolerances,
+    FIXTURE_DIR, converter_reads, git_head, layout, max_differences, official_layout, save_fixture, seeded_state,
+    state_checksum, tolerances,
 )
 
 OFFICIAL_CONFIG = "yolact_resnet50_config"
@@ -448,8 +453,32 @@ def official_train_outputs(official, net, images: list[Tensor], targets: list[di
             "assignments": torch.stack([assignments[i] for i in range(len(images))])}
 
 
+# The released v1 ResNet checkpoints' configurations (README model zoo) and the input size each was trained at.
+RELEASED_LAYOUTS = {"yolact_resnet50_config": 550, "yolact_base_config": 550, "yolact_im400_config": 400,
+                    "yolact_im700_config": 700}
+
+
+def official_layouts(official: types.SimpleNamespace) -> dict[str, dict]:
+    """Key -> shape of the official model of every RELEASED_LAYOUTS configuration (COCO, 81 classes)."""
+    layouts = {}
+    for name, input_size in RELEASED_LAYOUTS.items():
+        official.set_cfg(name)
+        layouts[name] = {"input_size": input_size, "shapes": layout(official.Yolact())}
+    return layouts
+
+
+def converter_reads_layout(name: str, entry: dict) -> dict:
+    """Our converter's settings for one official layout (raises when its keys or shapes do not map)."""
+    return converter_reads(entry["shapes"], lambda state: official_settings(state, name, entry["input_size"]),
+                           YOLACT, lambda state, expected: map_state_dict(state, expected, name))
+
+
 def run_parity(args: argparse.Namespace) -> dict[str, Any]:
     official = import_official(args.official_repo)
+    layouts = official_layouts(official)
+    layout_report = {name: {k: converter_reads_layout(name, entry)[k] for k in ("backbone", "num_classes",
+                                                                                   "input_size", "anchor_scales")}
+                     for name, entry in layouts.items()}
     seed = PARITY_SEED if args.seed is None else args.seed
     model, ours_state = parity_model(seed)
     net = build_official_small(official)
@@ -473,13 +502,13 @@ def run_parity(args: argparse.Namespace) -> dict[str, Any]:
     allowed["assignments"] = 0.0  # identical or wrong
     fixture = {
         "seed": seed, "checksum": state_checksum(ours_state), "torch": torch.__version__,
-        "official_repo_commit": git_head(official.root), "official_keys": official_keys,
+        "official_repo_commit": git_head(official.root), "official_keys": official_keys, "layouts": layouts,
         "images": images, "batch_images": batch_images, "targets": targets,
         "official": official_all, "measured": measured, "tolerances": allowed,
     }
     path = save_fixture("yolact", fixture, args.fixture_dir)
     return {"converter_roundtrip_equal": roundtrip, "converter_settings_equal": same_settings,
-            "official_keys": len(official_keys), "max_abs_diff": measured,
+            "official_keys": len(official_keys), "max_abs_diff": measured, "released_layouts_converted": layout_report,
             "official_losses": {k: float(official_train[k]) for k in LOSS_NAMES.values()},
             "ours_losses": {k: float(ours[k]) for k in LOSS_NAMES.values()},
             "assignments": {"positives": int((official_train["assignments"] > 0).sum()),

@@ -28,6 +28,27 @@ def test_converter_reads_the_official_layout_back_into_our_model(replay):
     assert all(torch.equal(mapped[k], v) for k, v in state.items())
 
 
+@pytest.mark.parametrize("name", sorted(parity.RELEASED_LAYOUTS))
+def test_converter_reads_the_released_official_layouts(replay, name):
+    """Key -> shape layouts of the released VoVNet configurations, built by the script from centermask2's modules:
+    every key maps, every tensor of our model is filled, shapes agree, and the structure read is the right one."""
+    fixture, _, _ = replay
+    settings = parity.converter_reads_layout(name, fixture["layouts"][name])
+    body, lite = parity.RELEASED_LAYOUTS[name]
+    expected_backbone = {"V-19-eSE": "ese_vovnet19b", "V-19-slim-eSE": "ese_vovnet19b_slim",
+                         "V-39-eSE": "ese_vovnet39b", "V-57-eSE": "ese_vovnet57b", "V-99-eSE": "ese_vovnet99b"}
+    assert settings["backbone"] == expected_backbone[body] and settings["num_classes"] == 80
+    assert (settings["fpn_channels"], settings["fcos_num_convs"], settings["mask_head_convs"]) == (
+        (128, 2, 2) if lite else (256, 4, 4))
+
+
+@pytest.mark.parametrize("name", sorted(parity.REFUSED_LAYOUTS))
+def test_converter_refuses_the_depthwise_layouts_by_name(replay, name):
+    fixture, _, _ = replay
+    with pytest.raises(ValueError, match="depthwise"):
+        parity.converter_reads_layout(name, fixture["layouts"][name])
+
+
 def test_pyramid_heads_and_roi_branch_match_centermask2(replay):
     fixture, model, _ = replay
     ours, _, _ = parity.ours_outputs(model, fixture["images"], fixture["boxes"], fixture["classes"])

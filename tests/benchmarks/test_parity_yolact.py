@@ -124,6 +124,17 @@ def test_converter_maps_the_official_layout_back_to_our_weights(parity):
     assert all(torch.equal(mapped[k], v) for k, v in state.items())
 
 
+@pytest.mark.parametrize("name", sorted(bench.RELEASED_LAYOUTS))
+def test_converter_reads_the_released_official_layouts(parity, name):
+    """Key -> shape layouts of the released configurations, built by the script from the official code: every key
+    maps (or is one the official loader drops too), every tensor of our model is filled, shapes agree."""
+    fixture, _, _ = parity
+    entry = fixture["layouts"][name]
+    settings = bench.converter_reads_layout(name, entry)
+    assert settings["num_classes"] == 80 and settings["input_size"] == entry["input_size"]
+    assert settings["backbone"] == ("resnet50" if "resnet50" in name else "resnet101")
+
+
 def test_raw_outputs_losses_and_assignments_match_the_official(parity):
     fixture, model, _ = parity
     ours = {**bench.ours_eval_outputs(model, fixture["images"]),
