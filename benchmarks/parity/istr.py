@@ -43,11 +43,12 @@ from torch import Tensor
 
 from benchmarks.parity import _detectron2_stub
 from benchmarks.parity.common import (
-    FIXTURE_DIR, git_head, max_differences, official_layout, save_fixture, seeded_state, state_checksum, tolerances,
+    FIXTURE_DIR, converter_reads, git_head, layout, max_differences, official_layout, save_fixture, seeded_state,
+    state_checksum, tolerances,
 )
 from models.common.checkpoint import rename_key
 from models.istr import ISTR
-from models.istr.convert import _PATTERNS
+from models.istr.convert import _PATTERNS, map_state_dict, official_settings
 from models.istr.mask_codec import SOFT_MAX
 from models.istr.targets import match_targets
 
@@ -201,27 +202,27 @@ def official_modules(repo: str):
                 sys.modules.pop(name)
 
 
-def official_cfg() -> types.SimpleNamespace:
-    """The official config.py / Base-ISTR.yaml values the modules read, at SETTINGS' sizes."""
+def official_cfg(settings: dict = SETTINGS) -> types.SimpleNamespace:
+    """The official config.py / Base-ISTR.yaml / ISTR-R*-3x.yaml values the modules read, at `settings`' sizes."""
     istr = types.SimpleNamespace(
-        NUM_CLASSES=SETTINGS["num_classes"], NUM_PROPOSALS=SETTINGS["num_queries"], NHEADS=SETTINGS["num_heads"],
-        DROPOUT=0.0, DIM_FEEDFORWARD=SETTINGS["dim_feedforward"], ACTIVATION="relu",
-        HIDDEN_DIM=SETTINGS["fpn_channels"], NUM_CLS=SETTINGS["num_cls_layers"], NUM_REG=SETTINGS["num_reg_layers"],
-        NUM_MASK=SETTINGS["num_mask_layers"], NUM_HEADS=SETTINGS["num_stages"], MASK_DIM=SETTINGS["codec_components"],
-        NUM_DYNAMIC=2, DIM_DYNAMIC=SETTINGS["dynamic_dim"], CLASS_WEIGHT=2.0, GIOU_WEIGHT=2.0, L1_WEIGHT=5.0,
+        NUM_CLASSES=settings["num_classes"], NUM_PROPOSALS=settings["num_queries"], NHEADS=settings["num_heads"],
+        DROPOUT=0.0, DIM_FEEDFORWARD=settings["dim_feedforward"], ACTIVATION="relu",
+        HIDDEN_DIM=settings["fpn_channels"], NUM_CLS=settings["num_cls_layers"], NUM_REG=settings["num_reg_layers"],
+        NUM_MASK=settings["num_mask_layers"], NUM_HEADS=settings["num_stages"], MASK_DIM=settings["codec_components"],
+        NUM_DYNAMIC=2, DIM_DYNAMIC=settings["dynamic_dim"], CLASS_WEIGHT=2.0, GIOU_WEIGHT=2.0, L1_WEIGHT=5.0,
         DEEP_SUPERVISION=True, NO_OBJECT_WEIGHT=0.1, MASK_WEIGHT=2.0, ALPHA=0.25, GAMMA=2.0, PRIOR_PROB=0.01,
     )
     resnets = types.SimpleNamespace(
         NORM="FrozenBN", STEM_OUT_CHANNELS=64, OUT_FEATURES=["res2", "res3", "res4", "res5"],
-        DEPTH=int(SETTINGS["backbone"].removeprefix("resnet")), NUM_GROUPS=1, WIDTH_PER_GROUP=64,
-        RES2_OUT_CHANNELS=64 if SETTINGS["backbone"] in ("resnet18", "resnet34") else 256, STRIDE_IN_1X1=False,
+        DEPTH=int(settings["backbone"].removeprefix("resnet")), NUM_GROUPS=1, WIDTH_PER_GROUP=64,
+        RES2_OUT_CHANNELS=64 if settings["backbone"] in ("resnet18", "resnet34") else 256, STRIDE_IN_1X1=False,
         RES5_DILATION=1, DEFORM_ON_PER_STAGE=[False] * 4, DEFORM_MODULATED=False, DEFORM_NUM_GROUPS=1)
-    fpn = types.SimpleNamespace(IN_FEATURES=["res2", "res3", "res4", "res5"], OUT_CHANNELS=SETTINGS["fpn_channels"],
+    fpn = types.SimpleNamespace(IN_FEATURES=["res2", "res3", "res4", "res5"], OUT_CHANNELS=settings["fpn_channels"],
                                 NORM="", FUSE_TYPE="sum")
     return types.SimpleNamespace(MODEL=types.SimpleNamespace(
         BACKBONE=types.SimpleNamespace(FREEZE_AT=0), RESNETS=resnets, FPN=fpn,
         ISTR=istr, ROI_HEADS=types.SimpleNamespace(IN_FEATURES=["p2", "p3", "p4", "p5"]),
-        ROI_BOX_HEAD=types.SimpleNamespace(POOLER_RESOLUTION=SETTINGS["pooler_resolution"], POOLER_SAMPLING_RATIO=2,
+        ROI_BOX_HEAD=types.SimpleNamespace(POOLER_RESOLUTION=settings["pooler_resolution"], POOLER_SAMPLING_RATIO=2,
                                            POOLER_TYPE="ROIAlignV2")))
 
 
@@ -234,8 +235,9 @@ class OfficialParts(torch.nn.Module):
         self.backbone = official.d2_fpn.build_resnet_fpn_backbone(cfg, _detectron2_stub.ShapeSpec(channels=3))
         self.head = official.head.DynamicHead(cfg=cfg, roi_input_shape=self.backbone.output_shape())
         self.mask_encoding = official.MaskEncoding.PCAMaskEncoding(cfg)
-        self.pos_embeddings = torch.nn.Embedding(SETTINGS["num_queries"], SETTINGS["fpn_channels"])
-        self.init_proposal_boxes = torch.nn.Embedding(SETTINGS["num_queries"], 4)
+        istr = cfg.MODEL.ISTR
+        self.pos_embeddings = torch.nn.Embedding(istr.NUM_PROPOSALS, istr.HIDDEN_DIM)
+        self.init_proposal_boxes = torch.nn.Embedding(istr.NUM_PROPOSALS, 4)
 
 
 def official_outputs(official, parts: OfficialParts, cfg, batch: Tensor, images: list[Tensor], wanted
@@ -300,6 +302,26 @@ def _criterion(official, cfg):
                                       eos_coef=istr.NO_OBJECT_WEIGHT, losses=["labels", "boxes", "masks"])
 
 
+# The released V1 models (configs/ISTR-R50-3x.yaml, ISTR-R101-3x.yaml; config.py defaults otherwise).
+OFFICIAL_SIZES = dict(num_classes=80, num_queries=300, num_heads=8, dim_feedforward=2048, fpn_channels=256,
+                      num_cls_layers=3, num_reg_layers=3, num_mask_layers=3, num_stages=6, codec_components=60,
+                      dynamic_dim=64, pooler_resolution=7)
+RELEASED_LAYOUTS = {"ISTR-R50-3x": dict(OFFICIAL_SIZES, backbone="resnet50"),
+                    "ISTR-R101-3x": dict(OFFICIAL_SIZES, backbone="resnet101")}
+
+
+def official_layouts(official) -> dict[str, dict[str, list[int]]]:
+    """Key -> shape of the official model of every released configuration."""
+    return {name: layout(OfficialParts(official, official_cfg(settings)))
+            for name, settings in RELEASED_LAYOUTS.items()}
+
+
+def converter_reads_layout(name: str, shapes: dict[str, list[int]]) -> dict:
+    """Our converter's settings for one official layout (raises when its keys or shapes do not map)."""
+    return converter_reads(shapes, lambda state: official_settings(state, name), ISTR,
+                           lambda state, expected: map_state_dict(state, expected, name))
+
+
 # ------------------------------------------------------------------------------------------------------ run
 
 
@@ -314,16 +336,20 @@ def run_parity(args: argparse.Namespace) -> dict[str, Any]:
         official_keys = list(parts.state_dict())
         parts.load_state_dict(to_official_layout(state, official_keys), strict=True)
         official_all = official_outputs(official, parts, cfg, batch, images, wanted)
+        layouts = official_layouts(official)
+    layout_report = {name: {k: converter_reads_layout(name, shapes)[k] for k in ("backbone", "num_queries",
+                                                                                   "num_stages", "codec_components")}
+                     for name, shapes in layouts.items()}
     measured = max_differences(official_all, ours)
     allowed = tolerances(measured, official_all)
     allowed["assignments"] = 0.0
     fixture = {
         "seed": seed, "checksum": state_checksum(state), "torch": torch.__version__,
         "official_repo_commit": git_head(official.root), "official_keys": official_keys,
-        "images": images, "targets": targets, "official": official_all, "measured": measured, "tolerances": allowed,
+        "images": images, "targets": targets, "layouts": layouts, "official": official_all, "measured": measured, "tolerances": allowed,
     }
     path = save_fixture("istr", fixture, args.fixture_dir)
-    return {"official_keys": len(official_keys), "max_abs_diff": measured,
+    return {"official_keys": len(official_keys), "released_layouts_converted": layout_report, "max_abs_diff": measured,
             "official_losses": {k: float(official_all[k]) for k in OFFICIAL_TERMS.values()},
             "ours_losses": {k: float(ours[k]) for k in OFFICIAL_TERMS.values()},
             "assignment_mismatches": int((official_all["assignments"] != ours["assignments"]).sum()),
