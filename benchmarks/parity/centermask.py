@@ -22,15 +22,22 @@ Compared, all on the same normalised padded batch (our transform's; detectron2's
   * the FCOS head per level: class logits, box regression (ReLU of the scaled output, in strides), centerness;
   * fixed boxes on both images (sizes from 4 px to the whole image, and some crossing the border): the RoI
     features (scale-adaptive level assignment, ROIAlignV2 at 14 x 14), the SAG-Mask logits and the MaskIoU
-    predictions for the mask probabilities of the boxes' classes.
-Post-processing (thresholds, NMS, clipping, score) and the training losses are not in the fixture: the audit
-(centermask.md) lists known, deliberate differences there (GIoU without the +1 smoothing, clipped boxes,
-clamped IoU), and those parts are being edited; the comparison stays on what must be equal.
+    predictions for the mask probabilities of the boxes' classes;
+  * training, on ground truth with overlapping objects and a crowd region: the official `FCOS` module (train mode)
+    gives its location assignment (`FCOSOutputs.compute_targets_for_locations`, recorded: labels, and box targets in
+    strides at the positives) and `fcos_losses`; its `iou_loss` is replaced by our GIoU (models.centermask.fcos_loss)
+    because the official IOULoss adds 1 to intersection and union, the one deliberate difference (its own value is
+    reported, not stored). The focal and centerness terms, the positives, the centerness normalisation and the
+    assignment are the official code's.
+Post-processing (thresholds, NMS, clipping, score) and the mask-branch losses are not in the fixture: the audit
+(centermask.md) lists deliberate differences there (clipped boxes, clamped IoU, bitmask vs polygon mask targets),
+and post-processing is being edited; the comparison stays on what must be equal.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import importlib
 import json
 import sys
@@ -71,7 +78,14 @@ def parity_model(seed: int = PARITY_SEED) -> tuple[CenterMask, dict[str, Tensor]
         pixel_std=[v / 255 for v in DETECTRON2_PIXEL_STD], fcos_num_convs=2, mask_head_convs=2,
         mask_head_channels=128, maskiou_convs=2, maskiou_channels=128, roi_resolution=ROI, evaluate=False, **SIZE,
     ).eval()
-    return model, seeded_state(model, seed)
+    state = seeded_state(model, seed)
+    # Box regressions of a few strides (as a trained head gives), so the GIoU term sees real boxes, not points.
+    generator = torch.Generator().manual_seed(seed + 1)
+    state["fcos_head.bbox_pred.bias"] = torch.rand(4, generator=generator) * 2 + 1
+    for level in range(5):  # the per-level scales multiply it (official init 1.0)
+        state[f"fcos_head.scales.{level}.scale"] = torch.rand(1, generator=generator) + 0.5
+    model.load_state_dict(state, strict=True)
+    return model, state
 
 
 def parity_inputs() -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
@@ -101,6 +115,49 @@ def ours_outputs(model: CenterMask, images: list[Tensor], boxes: list[Tensor], c
                "fcos_centerness": _flat(centerness), "roi_features": pooled, "mask_logits": mask_logits,
                "mask_probs": probs, "maskiou": maskiou}
     return outputs, batch.tensors, [tuple(int(v) for v in size) for size in batch.image_sizes]
+
+
+def parity_targets(images: list[Tensor]) -> list[dict[str, Tensor]]:
+    """Ground truth for `parity_inputs`' images in the datamodule's format: objects of 6 to 120 px (FCOS levels
+    P3..P5), overlapping ones (the smallest-area rule), one crowd region (left out by both)."""
+    layouts = [([[10, 12, 70, 90], [40, 30, 60, 50], [0, 0, 150, 120], [100, 90, 106, 96]], [0, 5, 2, 3], [0, 0, 0, 1]),
+               ([[20, 10, 90, 90], [5, 5, 37, 37], [60, 40, 148, 98]], [1, 4, 0], [0, 0, 0])]
+    targets = []
+    for image, (boxes, labels, crowd) in zip(images, layouts):
+        boxes = torch.tensor(boxes, dtype=torch.float32)
+        masks = torch.zeros(len(boxes), *image.shape[-2:], dtype=torch.uint8)
+        for mask, (x0, y0, x1, y1) in zip(masks, boxes.int().tolist()):
+            mask[y0:y1, x0:x1] = 1
+        targets.append({"boxes": boxes, "labels": torch.tensor(labels), "masks": masks,
+                        "iscrowd": torch.tensor(crowd)})
+    return targets
+
+
+def ours_train_outputs(model: CenterMask, images: list[Tensor], targets: list[dict]
+                       ) -> tuple[dict[str, Tensor], list[dict[str, Tensor]]]:
+    """Our FCOS location assignment (labels [B, P], class index C = background; box targets in strides at the
+    positives, 0 elsewhere) and the three FCOS losses; also the targets in the resized frame (for the official)."""
+    import models.centermask.model as centermask_model
+
+    captured = {}
+    original = centermask_model.fcos_losses
+
+    def recording(*args, **kwargs):
+        captured["labels"], captured["box_targets"] = args[3], args[4]
+        return original(*args, **kwargs)
+
+    centermask_model.fcos_losses = recording
+    try:
+        with torch.no_grad():
+            batch, resized = model.transform(model._to_input_format(images), model._instance_targets(targets))
+            levels, head = model._network(batch)
+            losses = model._fcos_losses(levels, head, resized)
+    finally:
+        centermask_model.fcos_losses = original
+    labels = captured["labels"].view(len(images), -1)
+    positive = (labels != NUM_CLASSES)[..., None]
+    box_targets = captured["box_targets"].view(len(images), -1, 4) * positive
+    return {"fcos_labels": labels, "fcos_box_targets": box_targets, **losses}, resized
 
 
 def _flat(maps: list[Tensor]) -> Tensor:
@@ -136,7 +193,7 @@ def official_modules(repo: str):
         try:
             modules = {short: importlib.import_module(f"centermask.modeling.{path}") for short, path in (
                 ("vovnet", "backbone.vovnet"), ("fpn", "backbone.fpn"), ("fcos", "fcos.fcos"),
-                ("sam", "centermask.sam"), ("maskiou", "centermask.maskiou_head"), ("pooler", "centermask.pooler"))}
+                ("fcos_outputs", "fcos.fcos_outputs"), ("sam", "centermask.sam"), ("maskiou", "centermask.maskiou_head"), ("pooler", "centermask.pooler"))}
             yield types.SimpleNamespace(root=root, **modules)
         finally:
             sys.path.remove(str(root))
@@ -158,7 +215,13 @@ def official_cfg(conv_body: str = "V-39-eSE", lite: bool = True, num_classes: in
         FPN=ns(IN_FEATURES=["stage3", "stage4", "stage5"], OUT_CHANNELS=channels, NORM="", FUSE_TYPE="sum"),
         FCOS=ns(NUM_CLASSES=num_classes, FPN_STRIDES=[8, 16, 32, 64, 128], NUM_CLS_CONVS=convs,
                 NUM_BOX_CONVS=convs, NUM_SHARE_CONVS=0, USE_DEFORMABLE=False, NORM="GN", USE_SCALE=True,
-                PRIOR_PROB=0.01, TOP_LEVELS=2),
+                PRIOR_PROB=0.01, TOP_LEVELS=2, IN_FEATURES=["p3", "p4", "p5", "p6", "p7"], LOSS_ALPHA=0.25,
+                LOSS_GAMMA=2.0, CENTER_SAMPLE=True, POS_RADIUS=1.5, INFERENCE_TH_TRAIN=0.05, INFERENCE_TH_TEST=0.05,
+                PRE_NMS_TOPK_TRAIN=1000, PRE_NMS_TOPK_TEST=1000, NMS_TH=0.6, POST_NMS_TOPK_TRAIN=100,
+                POST_NMS_TOPK_TEST=50, THRESH_WITH_CTR=False, LOC_LOSS_TYPE="giou",
+                SIZES_OF_INTEREST=[64, 128, 256, 512]),
+        # Only what FCOS.forward returns depends on it: the losses alone here (the mask branch is compared apart).
+        MASK_ON=False,
         ROI_HEADS=ns(NUM_CLASSES=num_classes, IN_FEATURES=["p3", "p4", "p5"]),
         ROI_MASK_HEAD=ns(CONV_DIM=channels, NORM="", NUM_CONV=convs, CLS_AGNOSTIC_MASK=False,
                          POOLER_RESOLUTION=ROI, POOLER_SAMPLING_RATIO=0, POOLER_TYPE="ROIAlignV2",
@@ -192,9 +255,9 @@ class OfficialModel(nn.Module):
                                   out_channels=channels, norm=cfg.MODEL.FPN.NORM,
                                   top_block=official.fpn.LastLevelP6P7(channels, channels, "p5"),
                                   fuse_type=cfg.MODEL.FPN.FUSE_TYPE)
-        shapes = [_detectron2_stub.ShapeSpec(channels=channels, stride=s) for s in cfg.MODEL.FCOS.FPN_STRIDES]
-        self.proposal_generator = nn.Module()
-        self.proposal_generator.fcos_head = official.fcos.FCOSHead(cfg, shapes)
+        shapes = {f"p{int(math.log2(s))}": _detectron2_stub.ShapeSpec(channels=channels, stride=s)
+                  for s in cfg.MODEL.FCOS.FPN_STRIDES}
+        self.proposal_generator = official.fcos.FCOS(cfg, shapes)
         roi_shape = _detectron2_stub.ShapeSpec(channels=channels, width=ROI, height=ROI)
         self.roi_heads = nn.Module()
         self.roi_heads.mask_head = official.sam.SpatialAttentionMaskHead(cfg, roi_shape)
@@ -224,6 +287,66 @@ def official_outputs(net: OfficialModel, batch: Tensor, image_sizes, boxes, clas
             "mask_probs": probs, "maskiou": maskiou}
 
 
+class _ImageSizes(list):
+    """What FCOSOutputs reads of detectron2's ImageList: len() and image_sizes."""
+
+    @property
+    def image_sizes(self):
+        return list(self)
+
+
+def official_train_outputs(official, net: OfficialModel, batch: Tensor, image_sizes, resized_targets
+                           ) -> tuple[dict[str, Tensor], dict[str, float]]:
+    """centermask2's FCOS (train mode) on the same pyramid and ground truth: its location assignment
+    (compute_targets_for_locations, recorded) and losses with OUR GIoU (`iou_loss` replaced: the documented +1
+    smoothing is the one deliberate difference); also the losses with its own IOULoss, for the report."""
+    Instances, Boxes = _detectron2_stub.Instances, _detectron2_stub.Boxes
+    outputs_class = official.fcos_outputs.FCOSOutputs
+    original_targets = outputs_class.compute_targets_for_locations
+    recorded = {}
+
+    def recording(self, locations, targets, size_ranges):
+        result = original_targets(self, locations, targets, size_ranges)
+        strides = torch.cat([locations.new_full((n,), float(s)) for n, s in zip(self.num_loc_list, self.strides)])
+        recorded["labels"] = torch.stack(result["labels"])
+        recorded["box_targets"] = torch.stack([r / strides[:, None] for r in result["reg_targets"]])
+        return result
+
+    fcos, own_iou_loss = net.proposal_generator, net.proposal_generator.iou_loss
+    gt = [Instances(size, gt_boxes=Boxes(t["boxes"]), gt_classes=t["labels"])
+          for size, t in zip(image_sizes, resized_targets)]
+    outputs_class.compute_targets_for_locations = recording
+    fcos.train()
+    try:
+        with torch.no_grad():
+            pyramid = net.backbone(batch)
+            fcos.iou_loss = OurGIoULoss()
+            _, losses = fcos(_ImageSizes(image_sizes), pyramid, gt)
+            fcos.iou_loss = own_iou_loss
+            _, own_losses = fcos(_ImageSizes(image_sizes), pyramid, gt)
+    finally:
+        outputs_class.compute_targets_for_locations = original_targets
+        fcos.iou_loss = own_iou_loss
+        fcos.eval()
+    positive = (recorded["labels"] != NUM_CLASSES)[..., None]
+    return ({"fcos_labels": recorded["labels"], "fcos_box_targets": recorded["box_targets"] * positive,
+             "loss_fcos_cls": losses["loss_fcos_cls"], "loss_fcos_box": losses["loss_fcos_loc"],
+             "loss_fcos_ctr": losses["loss_fcos_ctr"]},
+            {name: float(value) for name, value in own_losses.items()})
+
+
+class OurGIoULoss(nn.Module):
+    """IOULoss("giou")'s interface (summed, weighted) with GIoU as models.centermask.fcos_loss computes it."""
+
+    def forward(self, pred: Tensor, target: Tensor, weight: Tensor) -> Tensor:
+        from torchvision.ops import generalized_box_iou_loss
+
+        from models.centermask.fcos_loss import _around_origin
+
+        giou = generalized_box_iou_loss(_around_origin(pred), _around_origin(target), reduction="none")
+        return (giou * weight).sum()
+
+
 def to_official_layout(ours: dict[str, Tensor], official_keys: list[str]) -> dict[str, Tensor]:
     return official_layout(ours, official_keys, map_key)
 
@@ -247,11 +370,16 @@ def run_parity(args: argparse.Namespace) -> dict[str, Any]:
     model, state = parity_model(args.seed)
     images, boxes, classes = parity_inputs()
     ours, batch, image_sizes = ours_outputs(model, images, boxes, classes)
+    targets = parity_targets(images)
+    ours_train, resized_targets = ours_train_outputs(model, images, targets)
+    ours.update(ours_train)
     with official_modules(args.official_repo) as official:
         net = OfficialModel(official, official_cfg()).eval()
         official_keys = list(net.state_dict())
         net.load_state_dict(to_official_layout(state, official_keys), strict=True)
         official_all = official_outputs(net, batch, image_sizes, boxes, classes)
+        official_train, own_iou_losses = official_train_outputs(official, net, batch, image_sizes, resized_targets)
+        official_all.update(official_train)
         layouts = official_layouts(official)
     layout_report = {}
     for name, shapes in layouts.items():
@@ -266,15 +394,23 @@ def run_parity(args: argparse.Namespace) -> dict[str, Any]:
                       and model.hparams[k] != v}
     measured = max_differences(official_all, ours)
     allowed = tolerances(measured, official_all)
+    allowed["fcos_labels"] = 0.0
     fixture = {
         "seed": args.seed, "checksum": state_checksum(state), "torch": torch.__version__,
         "official_repo_commit": git_head(official.root), "official_keys": official_keys, "images": images,
-        "boxes": boxes, "classes": classes, "layouts": layouts, "official": official_all, "measured": measured, "tolerances": allowed,
+        "boxes": boxes, "classes": classes, "targets": targets, "layouts": layouts, "official": official_all, "measured": measured, "tolerances": allowed,
     }
     path = save_fixture("centermask", fixture, args.fixture_dir)
     return {"official_keys": len(official_keys), "converter_settings_differing": settings_equal,
             "released_layouts_converted": layout_report,
-            "max_abs_diff": measured, "fixture": path}
+            "max_abs_diff": measured,
+            "fcos_losses": {"ours": {k: float(ours[k]) for k in ("loss_fcos_cls", "loss_fcos_box", "loss_fcos_ctr")},
+                            "official_with_our_giou": {k: float(official_all[k]) for k in (
+                                "loss_fcos_cls", "loss_fcos_box", "loss_fcos_ctr")},
+                            "official_own_iou_loss": own_iou_losses},
+            "positive_locations": int((official_all["fcos_labels"] != NUM_CLASSES).sum()),
+            "label_mismatches": int((official_all["fcos_labels"] != ours["fcos_labels"]).sum()),
+            "fixture": path}
 
 
 def main(argv: list[str] | None = None) -> None:

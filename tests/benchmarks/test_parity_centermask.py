@@ -1,6 +1,7 @@
 """CenterMask against centermask2 without the official checkout: the fixture written by
 benchmarks/parity/centermask.py (centermask2's VoVNet, FPN top block, FCOS head, pooler, SAG-Mask and MaskIoU heads
-on our seeded weights) replayed on our model, and the converter checked against the official key layout."""
+on our seeded weights; its FCOS location assignment and losses) replayed on our model, and the converter checked
+against the official key layouts."""
 import pytest
 import torch
 
@@ -49,8 +50,9 @@ def test_converter_refuses_the_depthwise_layouts_by_name(replay, name):
         parity.converter_reads_layout(name, fixture["layouts"][name])
 
 
-def test_pyramid_heads_and_roi_branch_match_centermask2(replay):
+def test_pyramid_heads_roi_branch_fcos_assignment_and_losses_match_centermask2(replay):
     fixture, model, _ = replay
     ours, _, _ = parity.ours_outputs(model, fixture["images"], fixture["boxes"], fixture["classes"])
+    ours.update(parity.ours_train_outputs(model, fixture["images"], fixture["targets"])[0])
     failures = compare(fixture["official"], ours, fixture["tolerances"])
     assert not failures, failures
