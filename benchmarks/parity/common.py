@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import zlib
 from typing import Callable
 
 import torch
@@ -34,15 +35,16 @@ SAFETY = 10.0
 
 
 def seeded_state(model: torch.nn.Module, seed: int) -> dict[str, Tensor]:
-    """`model`'s state dict with every floating tensor drawn from a generator seeded with `seed` (in key order).
+    """`model`'s state dict with every floating tensor drawn from its own generator, seeded with `seed` and the
+    tensor's name (so a tensor added or renamed elsewhere in the model leaves the others as they were).
 
     Matrices / kernels: normal with std 1/sqrt(fan_in) (activations keep their scale through plain layers);
     1-D weights (norm scales): uniform 0.5..1; 1-D biases and BatchNorm running means: normal, std 0.1; BatchNorm
     running variances: uniform 0.5..1.5. Integer and bool buffers are kept. The model is loaded with the result.
     """
-    generator = torch.Generator().manual_seed(seed)
     state = {}
     for name, tensor in model.state_dict().items():
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
         if not tensor.is_floating_point():
             state[name] = tensor.clone()
             continue
