@@ -1,10 +1,14 @@
-"""The parts of benchmarks/yolact_vs_official.py that run without the official checkout: the like-for-like check,
-the alternating call order, the threshold that fixes the work, and the profile wrappers' clean removal."""
+"""YOLACT against the official code without the official checkout: the parity fixture written by
+benchmarks/parity/yolact.py replayed on our model, and the timing mode's parts (the like-for-like check, the
+alternating call order, the threshold that fixes the work, the profile wrappers' clean removal)."""
 import pytest
 import torch
 
+from benchmarks.parity.common import compare, replay
+from models.yolact.convert import map_state_dict, official_settings
+
 import models.yolact.postprocess as our_postprocess
-from benchmarks import yolact_vs_official as bench
+from benchmarks.parity import yolact as bench
 from models.yolact import YOLACT
 
 TINY = dict(
@@ -99,3 +103,41 @@ def test_stage_timer_covers_the_call_and_is_removed():
     assert "network" not in vars(model) and "preprocess" not in vars(model) and "forward" not in vars(model.backbone)
     assert isinstance(model.postprocess, our_postprocess.YolactPostProcess)
     assert our_postprocess.assemble_masks.__module__ == "models.yolact.postprocess"
+
+
+# ------------------------------------------------------------------------------------------ the parity fixture
+
+@pytest.fixture(scope="module")
+def parity():
+    """(fixture, our model with the fixture's seeded weights, those weights)."""
+    return replay("yolact", bench.parity_model, "benchmarks.parity.yolact")
+
+
+def test_converter_maps_the_official_layout_back_to_our_weights(parity):
+    """The official key list (354 keys, read from the official modules by the script) through our converter's
+    settings reader and key mapping (what convert_yolact_official runs before writing the checkpoint)."""
+    fixture, model, state = parity
+    official = bench.to_official_layout(state, fixture["official_keys"])
+    settings = official_settings(official, "official", 128)
+    assert settings == {k: model.hparams[k] for k in settings}
+    mapped = map_state_dict(official, model.state_dict(), "official")
+    assert all(torch.equal(mapped[k], v) for k, v in state.items())
+
+
+@pytest.mark.parametrize("name", sorted(bench.RELEASED_LAYOUTS))
+def test_converter_reads_the_released_official_layouts(parity, name):
+    """Key -> shape layouts of the released configurations, built by the script from the official code: every key
+    maps (or is one the official loader drops too), every tensor of our model is filled, shapes agree."""
+    fixture, _, _ = parity
+    entry = fixture["layouts"][name]
+    settings = bench.converter_reads_layout(name, entry)
+    assert settings["num_classes"] == 80 and settings["input_size"] == entry["input_size"]
+    assert settings["backbone"] == ("resnet50" if "resnet50" in name else "resnet101")
+
+
+def test_raw_outputs_losses_and_assignments_match_the_official(parity):
+    fixture, model, _ = parity
+    ours = {**bench.ours_eval_outputs(model, fixture["images"]),
+            **bench.ours_train_outputs(model, fixture["batch_images"], fixture["targets"])}
+    failures = compare(fixture["official"], ours, fixture["tolerances"])
+    assert not failures, failures
