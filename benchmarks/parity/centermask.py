@@ -25,13 +25,12 @@ Compared, all on the same normalised padded batch (our transform's; detectron2's
     predictions for the mask probabilities of the boxes' classes;
   * training, on ground truth with overlapping objects and a crowd region: the official `FCOS` module (train mode)
     gives its location assignment (`FCOSOutputs.compute_targets_for_locations`, recorded: labels, and box targets in
-    strides at the positives) and `fcos_losses`; its `iou_loss` is replaced by our GIoU (models.centermask.fcos_loss)
-    because the official IOULoss adds 1 to intersection and union, the one deliberate difference (its own value is
-    reported, not stored). The focal and centerness terms, the positives, the centerness normalisation and the
-    assignment are the official code's.
+    strides at the positives) and `fcos_losses` with its own IOULoss("giou") (+1 smoothing of intersection and
+    union, which models.centermask.fcos_loss.smoothed_giou_loss follows), against our CenterMaskLoss: its
+    `fcos_targets` and `fcos` terms.
 Post-processing (thresholds, NMS, clipping, score) and the mask-branch losses are not in the fixture: the audit
 (centermask.md) lists deliberate differences there (clipped boxes, clamped IoU, bitmask vs polygon mask targets),
-and post-processing is being edited; the comparison stays on what must be equal.
+and models/centermask/postprocess.py is compared by its own tests; the comparison stays on what must be equal.
 """
 from __future__ import annotations
 
@@ -136,27 +135,17 @@ def parity_targets(images: list[Tensor]) -> list[dict[str, Tensor]]:
 def ours_train_outputs(model: CenterMask, images: list[Tensor], targets: list[dict]
                        ) -> tuple[dict[str, Tensor], list[dict[str, Tensor]]]:
     """Our FCOS location assignment (labels [B, P], class index C = background; box targets in strides at the
-    positives, 0 elsewhere) and the three FCOS losses; also the targets in the resized frame (for the official)."""
-    import models.centermask.model as centermask_model
-
-    captured = {}
-    original = centermask_model.fcos_losses
-
-    def recording(*args, **kwargs):
-        captured["labels"], captured["box_targets"] = args[3], args[4]
-        return original(*args, **kwargs)
-
-    centermask_model.fcos_losses = recording
-    try:
-        with torch.no_grad():
-            batch, resized = model.transform(model._to_input_format(images), model._instance_targets(targets))
-            levels, head = model._network(batch)
-            losses = model._fcos_losses(levels, head, resized)
-    finally:
-        centermask_model.fcos_losses = original
-    labels = captured["labels"].view(len(images), -1)
+    positives, 0 elsewhere) and the three FCOS losses, both from the model's CenterMaskLoss (the targets by the
+    `fcos_targets` its `fcos` calls); also the targets in the resized frame (for the official)."""
+    with torch.no_grad():
+        batch, resized = model.transform(model._to_input_format(images), model._instance_targets(targets))
+        levels, head = model._network(batch)
+        locations = model._locations(levels)
+        labels, box_targets = model.criterion.fcos_targets(locations, resized)
+        losses = model.criterion.fcos(head, locations, resized)
+    labels = labels.view(len(images), -1)
     positive = (labels != NUM_CLASSES)[..., None]
-    box_targets = captured["box_targets"].view(len(images), -1, 4) * positive
+    box_targets = box_targets.view(len(images), -1, 4) * positive
     return {"fcos_labels": labels, "fcos_box_targets": box_targets, **losses}, resized
 
 
@@ -296,10 +285,9 @@ class _ImageSizes(list):
 
 
 def official_train_outputs(official, net: OfficialModel, batch: Tensor, image_sizes, resized_targets
-                           ) -> tuple[dict[str, Tensor], dict[str, float]]:
+                           ) -> dict[str, Tensor]:
     """centermask2's FCOS (train mode) on the same pyramid and ground truth: its location assignment
-    (compute_targets_for_locations, recorded) and losses with OUR GIoU (`iou_loss` replaced: the documented +1
-    smoothing is the one deliberate difference); also the losses with its own IOULoss, for the report."""
+    (compute_targets_for_locations, recorded) and its losses, its own IOULoss("giou") included."""
     Instances, Boxes = _detectron2_stub.Instances, _detectron2_stub.Boxes
     outputs_class = official.fcos_outputs.FCOSOutputs
     original_targets = outputs_class.compute_targets_for_locations
@@ -312,39 +300,21 @@ def official_train_outputs(official, net: OfficialModel, batch: Tensor, image_si
         recorded["box_targets"] = torch.stack([r / strides[:, None] for r in result["reg_targets"]])
         return result
 
-    fcos, own_iou_loss = net.proposal_generator, net.proposal_generator.iou_loss
+    fcos = net.proposal_generator
     gt = [Instances(size, gt_boxes=Boxes(t["boxes"]), gt_classes=t["labels"])
           for size, t in zip(image_sizes, resized_targets)]
     outputs_class.compute_targets_for_locations = recording
     fcos.train()
     try:
         with torch.no_grad():
-            pyramid = net.backbone(batch)
-            fcos.iou_loss = OurGIoULoss()
-            _, losses = fcos(_ImageSizes(image_sizes), pyramid, gt)
-            fcos.iou_loss = own_iou_loss
-            _, own_losses = fcos(_ImageSizes(image_sizes), pyramid, gt)
+            _, losses = fcos(_ImageSizes(image_sizes), net.backbone(batch), gt)
     finally:
         outputs_class.compute_targets_for_locations = original_targets
-        fcos.iou_loss = own_iou_loss
         fcos.eval()
     positive = (recorded["labels"] != NUM_CLASSES)[..., None]
-    return ({"fcos_labels": recorded["labels"], "fcos_box_targets": recorded["box_targets"] * positive,
-             "loss_fcos_cls": losses["loss_fcos_cls"], "loss_fcos_box": losses["loss_fcos_loc"],
-             "loss_fcos_ctr": losses["loss_fcos_ctr"]},
-            {name: float(value) for name, value in own_losses.items()})
-
-
-class OurGIoULoss(nn.Module):
-    """IOULoss("giou")'s interface (summed, weighted) with GIoU as models.centermask.fcos_loss computes it."""
-
-    def forward(self, pred: Tensor, target: Tensor, weight: Tensor) -> Tensor:
-        from torchvision.ops import generalized_box_iou_loss
-
-        from models.centermask.fcos_loss import _around_origin
-
-        giou = generalized_box_iou_loss(_around_origin(pred), _around_origin(target), reduction="none")
-        return (giou * weight).sum()
+    return {"fcos_labels": recorded["labels"], "fcos_box_targets": recorded["box_targets"] * positive,
+            "loss_fcos_cls": losses["loss_fcos_cls"], "loss_fcos_box": losses["loss_fcos_loc"],
+            "loss_fcos_ctr": losses["loss_fcos_ctr"]}
 
 
 def to_official_layout(ours: dict[str, Tensor], official_keys: list[str]) -> dict[str, Tensor]:
@@ -378,8 +348,7 @@ def run_parity(args: argparse.Namespace) -> dict[str, Any]:
         official_keys = list(net.state_dict())
         net.load_state_dict(to_official_layout(state, official_keys), strict=True)
         official_all = official_outputs(net, batch, image_sizes, boxes, classes)
-        official_train, own_iou_losses = official_train_outputs(official, net, batch, image_sizes, resized_targets)
-        official_all.update(official_train)
+        official_all.update(official_train_outputs(official, net, batch, image_sizes, resized_targets))
         layouts = official_layouts(official)
     layout_report = {}
     for name, shapes in layouts.items():
@@ -405,9 +374,8 @@ def run_parity(args: argparse.Namespace) -> dict[str, Any]:
             "released_layouts_converted": layout_report,
             "max_abs_diff": measured,
             "fcos_losses": {"ours": {k: float(ours[k]) for k in ("loss_fcos_cls", "loss_fcos_box", "loss_fcos_ctr")},
-                            "official_with_our_giou": {k: float(official_all[k]) for k in (
-                                "loss_fcos_cls", "loss_fcos_box", "loss_fcos_ctr")},
-                            "official_own_iou_loss": own_iou_losses},
+                            "official": {k: float(official_all[k]) for k in (
+                                "loss_fcos_cls", "loss_fcos_box", "loss_fcos_ctr")}},
             "positive_locations": int((official_all["fcos_labels"] != NUM_CLASSES).sum()),
             "label_mismatches": int((official_all["fcos_labels"] != ours["fcos_labels"]).sum()),
             "fixture": path}
