@@ -96,6 +96,7 @@ import models.yolact.postprocess as our_postprocess
 from datamodules.synthetic import synthetic_root
 from models.common.files import write_json_atomic
 from models.yolact import YOLACT
+from models.yolact.model import RESNET_MEAN, RESNET_STD
 from models.yolact.convert import (
     _PATTERNS, _TOLERATED, convert_yolact_official, map_state_dict, official_settings,
 )
@@ -299,12 +300,15 @@ LOSS_NAMES = {"B": "loss_box", "C": "loss_cls", "M": "loss_mask", "S": "loss_sem
 
 
 def parity_model(seed: int = PARITY_SEED) -> tuple[YOLACT, dict[str, Tensor]]:
-    """Our YOLACT in the official v1 ResNet-50 layout at PARITY_SIZE px, with the seeded weights (and them)."""
+    """Our YOLACT in the official v1 ResNet-50 layout at PARITY_SIZE px, with the seeded weights (and them).
+
+    The official normalisation is named: left at None, the statistics would be timm's ImageNet ones, not YOLACT's.
+    """
     torch.manual_seed(seed)
     model = YOLACT(
         num_classes=PARITY_CLASSES, backbone="resnet50", out_indices=[2, 3, 4], pretrained=False, norm="bn",
         input_size=PARITY_SIZE, anchor_scales=[int(s * PARITY_SIZE / 550) for s in (24, 48, 96, 192, 384)],
-        square_anchors=True, evaluate=False,
+        square_anchors=True, pixel_mean=RESNET_MEAN, pixel_std=RESNET_STD, evaluate=False,
     )
     return model, seeded_state(model, seed)
 
