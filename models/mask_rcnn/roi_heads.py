@@ -66,9 +66,14 @@ class MaskRoIHeads(RoIHeads):
     def _box_outputs(
         self, features: dict[str, Tensor], boxes: list[Tensor], image_sizes: list[tuple[int, int]]
     ) -> tuple[Tensor, Tensor]:
-        """Class logits [R, C+1] and per-class box deltas [R, 4(C+1)] for the R boxes of the batch."""
+        """Class logits [R, C+1] and per-class box deltas [R, 4(C+1)] for the R boxes of the batch, float32.
+
+        float32 under mixed precision too: torchvision decodes boxes in the deltas' dtype (bfloat16 would round
+        corners to 4-8 px steps) and its scores keep the logits' dtype.
+        """
         pooled = self.box_roi_pool(features, boxes, image_sizes)
-        return self.box_predictor(self.box_head(pooled))
+        class_logits, box_regression = self.box_predictor(self.box_head(pooled))
+        return class_logits.float(), box_regression.float()
 
     def _mask_logits(
         self, features: dict[str, Tensor], boxes: list[Tensor], image_sizes: list[tuple[int, int]]
