@@ -198,15 +198,19 @@ class YOLACT(InstanceSegmentationModule):
         converted = []
         for image, target in zip(images, targets):
             height, width = image.shape[-2:]
-            scale = torch.tensor([size / width, size / height] * 2, device=image.device)
-            boxes = target["boxes"].to(image.device, torch.float32) * scale
+            # Scaled by Python numbers: a scale tensor built here would be a blocking host-to-device copy per image.
+            boxes = target["boxes"].to(image.device, torch.float32).clone()
+            boxes[:, 0::2] *= size / width
+            boxes[:, 1::2] *= size / height
             crowd = target["iscrowd"].to(image.device).bool()
+            # Two index lists (the split's size is data-dependent: one host sync each), not four boolean masks.
+            kept, crowds = torch.nonzero(~crowd).squeeze(1), torch.nonzero(crowd).squeeze(1)
             converted.append(
                 YolactTarget(
-                    boxes=boxes[~crowd],
-                    labels=target["labels"].to(image.device)[~crowd],
-                    masks=target["masks"].to(image.device)[~crowd],
-                    crowd_boxes=boxes[crowd],
+                    boxes=boxes[kept],
+                    labels=target["labels"].to(image.device)[kept],
+                    masks=target["masks"].to(image.device)[kept],
+                    crowd_boxes=boxes[crowds],
                 )
             )
         return converted
