@@ -13,9 +13,16 @@ import torch
 from torch import Tensor
 from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss, maskrcnn_inference, maskrcnn_loss
 
+from models.common.box_coder import Float32BoxCoder
+
 
 class MaskRoIHeads(RoIHeads):
     """Box classification/regression and mask prediction on RoIs pooled from the pyramid."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The same coder, decoding in float32 without torchvision's per-call host-to-device copy.
+        self.box_coder = Float32BoxCoder(self.box_coder.weights, self.box_coder.bbox_xform_clip)
 
     def detect(
         self, features: dict[str, Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]]

@@ -15,6 +15,8 @@ from torch import Tensor
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork, concat_box_prediction_layers
 
+from models.common.box_coder import Float32BoxCoder
+
 
 class RPNOutput(NamedTuple):
     """The RPN head over a batch. A = anchors over all levels of one image, B = batch size."""
@@ -30,6 +32,11 @@ class ProposalNetwork(RegionProposalNetwork):
     """`RegionProposalNetwork` whose top-n choice is an argument instead of `self.training`."""
 
     _top_n_setting = "testing"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The same coder, decoding in float32 without torchvision's per-call host-to-device copy.
+        self.box_coder = Float32BoxCoder(self.box_coder.weights, self.box_coder.bbox_xform_clip)
 
     def pre_nms_top_n(self) -> int:
         return self._pre_nms_top_n[self._top_n_setting]
