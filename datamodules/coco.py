@@ -437,9 +437,29 @@ class CocoInstanceDataset(Dataset):
 
 
 def collate_instances(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:
-    """Images keep their own sizes, so a batch is two lists rather than stacked tensors."""
+    """Images keep their own sizes, so a batch is two lists rather than stacked tensors.
+
+    Each target is checked here, on the CPU in the loader's worker (`check_target`), so that the models need not
+    check them on the device, where every check would be a host synchronisation per image and step.
+    """
     images, targets = zip(*batch)
+    for target in targets:
+        check_target(target)
     return list(images), list(targets)
+
+
+def check_target(target: dict) -> None:
+    """Raises DatasetError naming the image when a target box is not finite or has no area (x2 > x1, y2 > y1 needed:
+    its regression target would be log(0)) or a label is negative. Boxes: float [N, 4] xyxy, labels: int [N]."""
+    boxes, labels = target["boxes"], target["labels"]
+    bad = ~torch.isfinite(boxes).all(dim=1) | (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+    if bool(bad.any()):
+        raise DatasetError(
+            f"image id {target.get('image_id', '?')}: target box {boxes[bad][0].tolist()} has no area or is not "
+            "finite (xyxy needs x2 > x1, y2 > y1) after the transforms"
+        )
+    if labels.numel() and int(labels.min()) < 0:
+        raise DatasetError(f"image id {target.get('image_id', '?')}: negative target label in {labels.tolist()}")
 
 
 class CocoDataModule(L.LightningDataModule):

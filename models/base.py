@@ -129,6 +129,9 @@ class InstanceSegmentationModule(L.LightningModule, ABC):
         self.schedule: dict[str, Any] | None = None
         # Set by a non-finite loss; sticky over a gradient-accumulation window until the optimizer step drops it.
         self._drop_gradients = False
+        # The step's finiteness, a bool tensor on the device ANDed over micro-batches (see training_step).
+        self._finite: Tensor | None = None
+        self._step_losses: dict[str, Tensor] = {}
         # Evaluators live in a plain dict, outside the module tree: their state must never reach state_dict,
         # checkpoints, the model summary or DDP's buffer sync. They are moved to the device explicitly.
         self._evaluators: dict[str, Any] = {}
@@ -159,32 +162,46 @@ class InstanceSegmentationModule(L.LightningModule, ABC):
         images, targets = batch
         losses = self.compute_losses(images, targets)
         total = self._total_loss(losses)
-        finite = bool(torch.isfinite(total))
+        # The finiteness flag stays on the device until optimizer_step reads it (`_nonfinite_step`), after backward
+        # has been queued: reading it here would make every step wait for its own forward pass. A non-finite step's
+        # logged values are NaN / inf.
+        finite = torch.isfinite(total.detach())
+        self._finite = finite if self._finite is None else self._finite & finite
+        self._step_losses = {name: value.detach() for name, value in losses.items()}
+        batch_size = len(images)
+        self.log_dict({f"train/{name}": value for name, value in self._step_losses.items()}, batch_size=batch_size)
+        self.log("train/loss", total.detach(), prog_bar=True, batch_size=batch_size)
+        # Returned even when non-finite: Lightning refuses a None return under DDP, where every process must join
+        # the gradient all-reduce of backward. optimizer_step then drops the gradients instead of applying them.
+        return total
+
+    def _nonfinite_step(self) -> bool:
+        """Whether this optimizer step's loss (any micro-batch, on any process) was non-finite.
+
+        The one host read of the flag per optimizer step, after backward. Every process must drop the same step, or
+        the data-parallel replicas would drift apart, so the flag is summed over processes on the device first.
+        """
+        if self._finite is None:
+            return self._drop_gradients
+        nonfinite = (~self._finite).float()
+        self._finite = None
         if self._trainer is not None:
-            # Every process must drop the same step, or the data-parallel replicas would drift apart.
-            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
-        if not finite:
-            self._drop_gradients = True
-            bad_terms = sorted(name for name, value in losses.items() if not torch.isfinite(value))
+            nonfinite = self.trainer.strategy.reduce(nonfinite, reduce_op="sum")
+        if bool(nonfinite > 0):
+            bad_terms = sorted(name for name, value in self._step_losses.items() if not torch.isfinite(value))
             log.warning(
                 "step %d: non-finite training loss (%s); this optimizer step is skipped",
                 self.global_step, ", ".join(bad_terms) or "on another process",
             )
-        else:
-            batch_size = len(images)
-            values = {f"train/{name}": value.detach() for name, value in losses.items()}
-            self.log_dict(values, batch_size=batch_size)
-            self.log("train/loss", total.detach(), prog_bar=True, batch_size=batch_size)
-        # Returned even when non-finite: Lightning refuses a None return under DDP, where every process must join
-        # the gradient all-reduce of backward. optimizer_step then drops the gradients instead of applying them.
-        return total
+            self._drop_gradients = True
+        return self._drop_gradients
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
         """Lightning's default step, except that gradients of a non-finite loss are dropped rather than applied."""
 
         def closure_dropping_nonfinite() -> Tensor | None:
             loss = optimizer_closure() if optimizer_closure is not None else None
-            if not self._drop_gradients:
+            if not self._nonfinite_step():
                 return loss
             self._drop_gradients = False
             # A parameter without a gradient is left alone by SGD / AdamW: no update, no momentum or decay.

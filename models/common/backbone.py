@@ -62,7 +62,8 @@ class TimmBackbone(nn.Module):
         if norm == "frozen_bn":
             self.model = freeze_norm(self.model)
         elif norm == "sync_bn":
-            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            # timm's conversion: torch's would drop the activation fused into timm's BatchNormAct2d.
+            self.model = timm.layers.convert_sync_batchnorm(self.model)
         if frozen_stages > 0:
             _freeze_leading_stages(self.model, name, frozen_stages)
 

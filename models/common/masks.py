@@ -12,13 +12,18 @@ Two pixel conventions exist in the field and both are offered, selected by `alig
 
 Models that train their masks with one convention must paste with the same one.
 
+Both conventions paste in chunks of masks with one `grid_sample` each (detectron2's GPU scheme): no host sync,
+whatever the number of detections. On the CPU the legacy convention keeps torchvision's per-mask loop, which there is
+faster (it touches only each box's pixels; the batched sampling visits the whole image per mask) and is the
+reference the batched legacy paste reproduces.
+
 torchvision.ops.masks_to_boxes already returns [0, 0, 0, 0] for an empty mask and [0, 4] for no masks, so no
 "safe" wrapper is needed here.
 """
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.models.detection.roi_heads import paste_masks_in_image
+from torchvision.models.detection.roi_heads import expand_boxes, expand_masks, paste_masks_in_image
 from torchvision.ops import roi_align
 
 # Pasting builds float [chunk, H, W] intermediates (plus a [chunk, H, W, 2] sampling grid when aligned); chunking
@@ -32,6 +37,7 @@ def paste_masks(
     image_size: tuple[int, int],
     threshold: float = 0.5,
     aligned: bool = False,
+    batched: bool | None = None,
 ) -> Tensor:
     """Paste box-relative mask probabilities into full images and binarise them.
 
@@ -42,6 +48,8 @@ def paste_masks(
         image_size: (H, W) of the target image.
         threshold: a pixel is foreground when its pasted probability is > threshold.
         aligned: pixel convention (see the module docstring); False reproduces torchvision's Mask R-CNN.
+        batched: for aligned=False, paste with chunked grid_sample (True) or torchvision's per-mask loop (False);
+            None: batched everywhere but on the CPU. aligned=True is always batched.
 
     Returns:
         bool [K, H, W].
@@ -62,11 +70,15 @@ def paste_masks(
         return out
     mask_probs = mask_probs.float()
     boxes = boxes.to(device=mask_probs.device, dtype=torch.float32)
+    if batched is None:
+        batched = mask_probs.device.type != "cpu"
     chunk = max(1, _PASTE_CHUNK_PIXELS // (height * width))
     for start in range(0, num_masks, chunk):
         stop = min(start + chunk, num_masks)
         if aligned:
             pasted = _paste_aligned(mask_probs[start:stop], boxes[start:stop], height, width)
+        elif batched:
+            pasted = _paste_legacy(mask_probs[start:stop], boxes[start:stop], height, width)
         else:
             # torchvision's implementation, not a copy of it: it is the one its Mask R-CNN (and converted weights)
             # were evaluated with. It returns float [k, 1, H, W]; thresholding per chunk bounds the memory.
@@ -92,6 +104,34 @@ def _paste_aligned(mask_probs: Tensor, boxes: Tensor, height: int, width: int) -
         [grid_x[:, None, :].expand(num, height, width), grid_y[:, :, None].expand(num, height, width)], dim=3
     )
     return F.grid_sample(mask_probs, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0]
+
+
+def _paste_legacy(mask_probs: Tensor, boxes: Tensor, height: int, width: int) -> Tensor:
+    """torchvision's legacy paste, batched: [k, 1, M, M], [k, 4] -> float [k, H, W], equal to paste_masks_in_image.
+
+    torchvision pads each mask by one pixel, widens its box by (M + 2) / M, truncates the box to integers
+    (x0, y0, x1, y1), resizes the padded mask to (y1 - y0 + 1) x (x1 - x0 + 1) pixels (bilinear, half-pixel centres,
+    edges clamped) and writes it at rows y0..y1, columns x0..x1. Sampling the padded mask at
+    ((x - x0 + 0.5) / w) * 2 - 1 with grid_sample (border padding = the resize's clamped edges) gives every pixel of
+    that window the same bilinear weights; pixels outside the window are 0. Written here because torchvision
+    batches only through its Python loop (with ~14 host syncs per mask on a GPU).
+    """
+    padded, scale = expand_masks(mask_probs, padding=1)  # torchvision's own helpers: the same box arithmetic
+    x0, y0, x1, y1 = expand_boxes(boxes, scale).to(torch.int64).unbind(dim=1)
+    box_w = (x1 - x0 + 1).clamp(min=1)[:, None]
+    box_h = (y1 - y0 + 1).clamp(min=1)[:, None]
+    pixel_x = torch.arange(width, device=boxes.device)[None]  # [1, W]
+    pixel_y = torch.arange(height, device=boxes.device)[None]
+    grid_x = (pixel_x - x0[:, None] + 0.5) / box_w * 2 - 1  # [k, W]
+    grid_y = (pixel_y - y0[:, None] + 0.5) / box_h * 2 - 1  # [k, H]
+    num = boxes.shape[0]
+    grid = torch.stack(
+        [grid_x[:, None, :].expand(num, height, width), grid_y[:, :, None].expand(num, height, width)], dim=3
+    ).float()
+    pasted = F.grid_sample(padded, grid, mode="bilinear", padding_mode="border", align_corners=False)[:, 0]
+    inside_x = (pixel_x >= x0[:, None]) & (pixel_x <= x1[:, None])  # [k, W]
+    inside_y = (pixel_y >= y0[:, None]) & (pixel_y <= y1[:, None])  # [k, H]
+    return pasted * (inside_y[:, :, None] & inside_x[:, None, :])
 
 
 def crop_and_resize_masks(

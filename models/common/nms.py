@@ -42,16 +42,44 @@ def fast_nms(
         max_detections: detections kept over all classes, by score.
 
     Returns:
-        (box_indices int64 [K] into `boxes`, classes int64 [K], scores [K]), sorted by decreasing score.
+        (box_indices int64 [K] into `boxes`, classes int64 [K], scores [K]), sorted by decreasing score:
+        `fast_nms_fixed` cut to its kept entries (one host read of their count).
+    """
+    box_idx, classes, kept_scores, kept = fast_nms_fixed(boxes, scores, iou_threshold, top_k, max_detections)
+    count = int(kept.sum())
+    return box_idx[:count], classes[:count], kept_scores[:count]
+
+
+def fast_nms_fixed(
+    boxes: Tensor,
+    scores: Tensor,
+    iou_threshold: float = 0.5,
+    top_k: int = 200,
+    max_detections: int = 100,
+    valid: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """`fast_nms` with shapes fixed by the arguments alone: no host synchronisation (a CUDA graph can hold it).
+
+    `valid` bool [N] (None: all) marks the candidates; the others rank below every candidate (score -inf), so they
+    can neither enter a class's top_k ahead of a candidate nor suppress one, and are dropped.
+
+    Returns:
+        (box_indices int64 [D], classes int64 [D], scores [D], kept bool [D]) with D = min(max_detections, C * k),
+        k = min(top_k, N), sorted by decreasing score: the kept detections first, then filler (kept False).
     """
     num_classes, num_boxes = scores.shape
     top_k = min(top_k, num_boxes)
-    class_scores, order = scores.sort(dim=1, descending=True)
-    class_scores, order = class_scores[:, :top_k], order[:, :top_k]  # [C, k]
+    if valid is not None:
+        scores = torch.where(valid[None], scores, float("-inf"))
+    class_scores, order = scores.topk(top_k, dim=1)  # [C, k], sorted
+    if top_k == 0:
+        empty = order.new_zeros(0)
+        return empty, empty, class_scores.new_zeros(0), empty.bool()
     iou = pairwise_iou(boxes[order], boxes[order]).triu_(diagonal=1)  # [C, k, k]: IoU with higher-scoring boxes
-    keep = iou.max(dim=1).values <= iou_threshold if top_k > 0 else order.new_zeros(order.shape, dtype=torch.bool)
-    classes = torch.arange(num_classes, device=scores.device)[:, None].expand_as(order)
-    return _best(order[keep], classes[keep], class_scores[keep], max_detections)
+    keep = (iou.max(dim=1).values <= iou_threshold) & (class_scores > float("-inf"))
+    flat = torch.where(keep, class_scores, float("-inf")).flatten()
+    best_scores, best = flat.topk(min(max_detections, flat.numel()))
+    return order.flatten()[best], best // top_k, best_scores, best_scores > float("-inf")
 
 
 def cross_class_fast_nms(

@@ -85,8 +85,12 @@ class LevelRoIAlign(nn.Module):
         self.aligned = aligned
 
     def levels(self, boxes: list[Tensor], image_sizes: list[tuple[int, int]]) -> Tensor:
-        """int64 [sum K_i]: the pyramid level (3 = stride 8 ...) of every box."""
-        flat = torch.cat(boxes) if boxes else torch.zeros(0, 4)
+        """int64 [sum K_i]: the pyramid level (3 = stride 8 ...) of every box.
+
+        Computed in float32 whatever the boxes' dtype: an image area above 65504 px overflows float16, and bfloat16
+        rounds box sides to 4-8 px steps above 512 px.
+        """
+        flat = torch.cat(boxes).float() if boxes else torch.zeros(0, 4)
         if self.level_rule == "mask_rcnn":
             return mask_rcnn_levels(flat, self.min_level, self.max_level)
         areas = torch.cat(
@@ -103,17 +107,20 @@ class LevelRoIAlign(nn.Module):
                 f"{features[0].shape[0]}"
             )
         reference = features[0]
+        # RoIs stay float32 under mixed precision (see `levels`); only the pooled features take the features' dtype.
         rois = torch.cat(
             [torch.cat([b.new_full((len(b), 1), float(i)), b], dim=1) for i, b in enumerate(boxes)]
-        ).to(reference.dtype)
-        levels = self.levels([b.to(reference.dtype) for b in boxes], image_sizes)
+        ).float()
+        levels = self.levels(boxes, image_sizes)
         pooled = reference.new_zeros((rois.shape[0], reference.shape[1], self.output_size, self.output_size))
         for index, (feature, stride) in enumerate(zip(features, self.strides)):
             chosen = torch.nonzero(levels == self.min_level + index).squeeze(1)
             if chosen.numel() == 0:
                 continue
+            # roi_align in float32 (torchvision's autocast wrapper would up-cast the level anyway; this also holds
+            # for half-precision weights outside autocast, where the kernel needs matching dtypes).
             pooled[chosen] = roi_align(
-                feature, rois[chosen], self.output_size, spatial_scale=1.0 / stride,
+                feature.float(), rois[chosen], self.output_size, spatial_scale=1.0 / stride,
                 sampling_ratio=self.sampling_ratio, aligned=self.aligned,
-            )
+            ).to(pooled.dtype)
         return pooled

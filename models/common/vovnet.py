@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 
 import torch
-from timm.layers import EffectiveSEModule
+from timm.layers import EffectiveSEModule, convert_sync_batchnorm
 from timm.models.vovnet import VovNet, model_cfgs
 from torch import Tensor, nn
 
@@ -101,7 +101,7 @@ class VoVNetBackbone(nn.Module):
         if norm == "frozen_bn":
             self.body = freeze_norm(self.body)
         elif norm == "sync_bn":
-            self.body = nn.SyncBatchNorm.convert_sync_batchnorm(self.body)
+            self.body = convert_sync_batchnorm(self.body)  # timm's: keeps ConvNormAct's activations
         self._freeze(frozen_stages)
 
     def _freeze(self, frozen_stages: int) -> None:

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torchvision.models.detection._utils import BoxCoder  # torchvision's detectors' public box coder
 from torchvision.ops import roi_align
 from torchvision.ops.poolers import LevelMapper
 
+from models.common.box_coder import Float32BoxCoder
 from models.istr.interaction import DynamicInteraction
 
 BOX_WEIGHTS = (2.0, 2.0, 1.0, 1.0)
@@ -31,9 +31,10 @@ BOX_WEIGHTS = (2.0, 2.0, 1.0, 1.0)
 BOX_SCALE_CLAMP = math.log(100000.0 / 16)
 
 
-def istr_box_coder() -> BoxCoder:
-    """(dx, dy, dw, dh) deltas with weights (2, 2, 1, 1) and the official clamp; decode_single / encode_single."""
-    return BoxCoder(weights=BOX_WEIGHTS, bbox_xform_clip=BOX_SCALE_CLAMP)
+def istr_box_coder() -> Float32BoxCoder:
+    """(dx, dy, dw, dh) deltas with weights (2, 2, 1, 1) and the official clamp; decode_single (float32, no host
+    sync) / encode_single."""
+    return Float32BoxCoder(weights=BOX_WEIGHTS, bbox_xform_clip=BOX_SCALE_CLAMP)
 
 
 class MultiLevelRoIAlign(nn.Module):
@@ -43,10 +44,19 @@ class MultiLevelRoIAlign(nn.Module):
     `aligned` is fixed to False), which the official head uses (ROIAlignV2); the level rule is torchvision's
     LevelMapper.
 
+    Boxes, levels and RoIAlign stay float32 under mixed precision (bfloat16 would round RoI corners to 4-8 px steps);
+    the pooled features take the features' dtype.
+
+    Two ways to pick each box's level, with equal results: on the CPU, every level pools only its own boxes
+    (`nonzero`); elsewhere every level pools every box and a gather picks each box's level, so the shapes are fixed
+    and nothing waits for the device (4 small RoIAligns of B*N boxes instead of a host sync per level and stage).
+    `gather_levels` forces one way (None: by device).
+
     `forward(features: list[Tensor[B, C, H_l, W_l]], boxes: Tensor[B, N, 4]) -> Tensor[B*N, C, S, S]`.
     """
 
-    def __init__(self, strides: list[int], output_size: int = 7, sampling_ratio: int = 2):
+    def __init__(self, strides: list[int], output_size: int = 7, sampling_ratio: int = 2,
+                 gather_levels: bool | None = None):
         super().__init__()
         levels = [int(round(math.log2(stride))) for stride in strides]
         if levels != list(range(levels[0], levels[0] + len(levels))):
@@ -54,26 +64,34 @@ class MultiLevelRoIAlign(nn.Module):
         self.scales = [1.0 / stride for stride in strides]
         self.output_size = output_size
         self.sampling_ratio = sampling_ratio
+        self.gather_levels = gather_levels
         self.mapper = LevelMapper(levels[0], levels[-1])
 
     def forward(self, features: list[Tensor], boxes: Tensor) -> Tensor:
         batch, num_boxes = boxes.shape[:2]
-        flat = boxes.reshape(-1, 4).to(features[0].dtype)
-        image_index = torch.arange(batch, device=boxes.device).repeat_interleave(num_boxes).to(flat.dtype)
+        flat = boxes.reshape(-1, 4).float()
+        image_index = torch.arange(batch, device=boxes.device, dtype=torch.float32).repeat_interleave(num_boxes)
         rois = torch.cat([image_index[:, None], flat], dim=1)
+        dtype = features[0].dtype
         if len(features) == 1:
-            return self._pool(features[0], rois, self.scales[0])
+            return self._pool(features[0], rois, self.scales[0]).to(dtype)
         levels = self.mapper([flat])
-        out = flat.new_zeros((flat.shape[0], features[0].shape[1], self.output_size, self.output_size))
+        gather = self.gather_levels if self.gather_levels is not None else flat.device.type != "cpu"
+        if gather:
+            every = torch.stack([self._pool(f, rois, scale) for f, scale in zip(features, self.scales)])
+            return every[levels, torch.arange(flat.shape[0], device=flat.device)].to(dtype)
+        out = features[0].new_zeros((flat.shape[0], features[0].shape[1], self.output_size, self.output_size))
         for level, (feature, scale) in enumerate(zip(features, self.scales)):
             index = torch.nonzero(levels == level).squeeze(1)
             if index.numel():
-                out[index] = self._pool(feature, rois[index], scale)
+                out[index] = self._pool(feature, rois[index], scale).to(dtype)
         return out
 
     def _pool(self, feature: Tensor, rois: Tensor, scale: float) -> Tensor:
-        return roi_align(feature, rois, self.output_size, spatial_scale=scale, sampling_ratio=self.sampling_ratio,
-                         aligned=True)
+        # float32 (torchvision's autocast wrapper would up-cast the level anyway; half-precision weights outside
+        # autocast would otherwise meet float32 RoIs).
+        return roi_align(feature.float(), rois, self.output_size, spatial_scale=scale,
+                         sampling_ratio=self.sampling_ratio, aligned=True)
 
 
 def _tower(width: int, depth: int) -> nn.Sequential:
@@ -143,7 +161,7 @@ class ISTRStage(nn.Module):
         class_logits = self.class_logits(self.cls_module(flat))
         deltas = self.bboxes_delta(self.reg_module(flat))
         mask_embeddings = self.mask_logits(self.mask_module(flat))
-        new_boxes = self.box_coder.decode_single(deltas, boxes.reshape(-1, 4))
+        new_boxes = self.box_coder.decode_single(deltas, boxes.reshape(-1, 4))  # float32 under mixed precision
         output = StageOutput(
             class_logits=class_logits.view(batch, num_queries, -1),
             boxes=new_boxes.view(batch, num_queries, 4),

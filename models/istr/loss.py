@@ -53,15 +53,21 @@ class ISTRLoss:
         self.deep_supervision = deep_supervision
 
     def __call__(self, stages: list[StageOutput], targets: list[MatchTarget], codec) -> dict[str, Tensor]:
-        num_boxes = _average_count(sum(len(t.labels) for t in targets), stages[-1].boxes.device)
+        device = stages[-1].boxes.device
+        num_boxes = _average_count(sum(len(t.labels) for t in targets), device)
+        truth = _concatenate(targets)
+        offsets = [0]
+        for target in targets[:-1]:
+            offsets.append(offsets[-1] + len(target.labels))
         supervised = stages if self.deep_supervision else stages[-1:]
         totals: dict[str, Tensor] = {}
         for output in supervised:
             matches = self.matcher(output.class_logits, output.boxes, output.mask_embeddings, targets)
+            pairs = _matched_pairs(matches, offsets, device)
             terms = {
-                "loss_cls": self.loss_labels(output, targets, matches, num_boxes),
-                **self.loss_boxes(output, targets, matches, num_boxes),
-                **self.loss_masks(output, targets, matches, num_boxes, codec),
+                "loss_cls": self.loss_labels(output, truth, pairs, num_boxes),
+                **self.loss_boxes(output, truth, pairs, num_boxes),
+                **self.loss_masks(output, truth, pairs, num_boxes, codec),
             }
             for name, value in terms.items():
                 weighted = self.weights[name] * value
@@ -69,38 +75,29 @@ class ISTRLoss:
         return totals
 
     # ------------------------------------------------------------------------------------------------ terms
+    # `truth` holds every image's ground truths concatenated (see _concatenate); `pairs` int64 [3, m] the matched
+    # (image, query, ground truth) triples of the batch, ground truths indexing `truth`.
 
-    def loss_labels(self, output: StageOutput, targets: list[MatchTarget], matches, num_boxes: float) -> Tensor:
+    def loss_labels(self, output: StageOutput, truth: MatchTarget, pairs: Tensor, num_boxes: float) -> Tensor:
         """Focal loss over all B x N x C logits; the matched queries' target class is the positive."""
         logits = output.class_logits.float()
         onehot = torch.zeros_like(logits)
-        for image, (rows, cols) in enumerate(matches):
-            onehot[image, rows.to(logits.device), targets[image].labels[cols.to(logits.device)]] = 1.0
+        onehot[pairs[0], pairs[1], truth.labels[pairs[2]]] = 1.0
         return sigmoid_focal_loss(logits, onehot, self.focal_alpha, self.focal_gamma, reduction="sum") / num_boxes
 
-    def loss_boxes(self, output: StageOutput, targets: list[MatchTarget], matches, num_boxes: float
+    def loss_boxes(self, output: StageOutput, truth: MatchTarget, pairs: Tensor, num_boxes: float
                    ) -> dict[str, Tensor]:
-        predicted, wanted, sizes = [], [], []
-        for image, (rows, cols) in enumerate(matches):
-            target = targets[image]
-            predicted.append(output.boxes[image, rows.to(target.boxes.device)])
-            wanted.append(target.boxes[cols.to(target.boxes.device)])
-            sizes.append(target.image_size.expand(len(rows), 4))
-        predicted, wanted, sizes = torch.cat(predicted).float(), torch.cat(wanted).float(), torch.cat(sizes).float()
+        predicted = output.boxes[pairs[0], pairs[1]].float()
+        wanted, sizes = truth.boxes[pairs[2]].float(), truth.image_size[pairs[2]].float()
         l1 = (predicted / sizes - wanted / sizes).abs().sum() / num_boxes
         giou = generalized_box_iou_loss(predicted, wanted, reduction="sum") / num_boxes
         return {"loss_box": l1, "loss_giou": giou}
 
-    def loss_masks(self, output: StageOutput, targets: list[MatchTarget], matches, num_boxes: float, codec
+    def loss_masks(self, output: StageOutput, truth: MatchTarget, pairs: Tensor, num_boxes: float, codec
                    ) -> dict[str, Tensor]:
-        predicted, embeddings, masks = [], [], []
-        for image, (rows, cols) in enumerate(matches):
-            target = targets[image]
-            predicted.append(output.mask_embeddings[image, rows.to(target.boxes.device)])
-            embeddings.append(target.embeddings[cols.to(target.boxes.device)])
-            masks.append(target.masks[cols.to(target.boxes.device)])
-        predicted, embeddings = torch.cat(predicted).float(), torch.cat(embeddings).float()
-        masks = torch.cat(masks).flatten(1).float()
+        predicted = output.mask_embeddings[pairs[0], pairs[1]].float()
+        embeddings = truth.embeddings[pairs[2]].float()
+        masks = truth.masks[pairs[2]].flatten(1).float()
         embedding = (predicted - embeddings).pow(2).sum() / num_boxes / predicted.shape[1]
         decoded = codec.decode(predicted).flatten(1)
         intersection = (decoded * masks).sum(1)
@@ -109,10 +106,39 @@ class ISTRLoss:
         return {"loss_mask": embedding, "loss_dice": dice}
 
 
+def _concatenate(targets: list[MatchTarget]) -> MatchTarget:
+    """The batch's ground truths as one MatchTarget; image_size becomes [T, 4], one row per ground truth."""
+    return MatchTarget(
+        labels=torch.cat([t.labels for t in targets]),
+        boxes=torch.cat([t.boxes for t in targets]),
+        image_size=torch.cat([t.image_size.expand(len(t.labels), 4) for t in targets]),
+        masks=torch.cat([t.masks for t in targets]),
+        embeddings=torch.cat([t.embeddings for t in targets]),
+    )
+
+
+def _matched_pairs(matches: list[tuple[Tensor, Tensor]], offsets: list[int], device: torch.device) -> Tensor:
+    """int64 [3, m] (image, query, ground truth in the concatenated batch) from the matcher's per-image CPU indices.
+
+    Assembled on the CPU and sent in one copy (pinned and asynchronous on CUDA) rather than two or three blocking
+    copies per image.
+    """
+    pairs = torch.cat([
+        torch.stack([torch.full_like(rows, image), rows, cols + offset])
+        for image, ((rows, cols), offset) in enumerate(zip(matches, offsets))
+    ], dim=1) if matches else torch.zeros((3, 0), dtype=torch.int64)
+    if device.type == "cuda":
+        return pairs.pin_memory().to(device, non_blocking=True)
+    return pairs.to(device)
+
+
 def _average_count(count: int, device: torch.device) -> float:
-    """Ground truths per process, averaged over all processes (>= 1): the official loss normaliser."""
+    """Ground truths per process, averaged over all processes (>= 1): the official loss normaliser.
+
+    A single process needs no tensor (and so no host-device round trip).
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return max(float(count), 1.0)
     total = torch.tensor(float(count), device=device)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(total)
-        total = total / dist.get_world_size()
-    return max(float(total), 1.0)
+    dist.all_reduce(total)
+    return max(float(total) / dist.get_world_size(), 1.0)

@@ -77,16 +77,23 @@ class HungarianMatcher:
     def __call__(
         self, class_logits: Tensor, boxes: Tensor, mask_embeddings: Tensor, targets: list[MatchTarget]
     ) -> list[tuple[Tensor, Tensor]]:
+        costs = [
+            self.cost_matrix(class_logits[index], boxes[index], mask_embeddings[index], target)
+            for index, target in enumerate(targets) if len(target.labels)
+        ]
+        # One copy to the host for the whole batch (scipy runs there), not one blocking copy per image. A diverged
+        # prediction (NaN / inf) must not stop the step here: scipy refuses such costs, so they become large finite
+        # numbers and the loss, non-finite too, makes the training loop skip the step.
+        if costs:
+            flat = torch.nan_to_num(torch.cat([cost.flatten() for cost in costs]), nan=1e8, posinf=1e8, neginf=-1e8)
+            costs = list(flat.cpu().split([cost.numel() for cost in costs]))
         matches = []
-        for index, target in enumerate(targets):
+        for target in targets:
             if len(target.labels) == 0:
                 empty = torch.zeros(0, dtype=torch.int64)
                 matches.append((empty, empty))
                 continue
-            cost = self.cost_matrix(class_logits[index], boxes[index], mask_embeddings[index], target)
-            # A diverged prediction (NaN / inf) must not stop the step here: scipy refuses such costs, so they become
-            # large finite numbers and the loss, non-finite too, makes the training loop skip the step.
-            cost = torch.nan_to_num(cost, nan=1e8, posinf=1e8, neginf=-1e8)
-            rows, cols = linear_sum_assignment(cost.cpu().numpy())
+            cost = costs.pop(0).view(-1, len(target.labels))
+            rows, cols = linear_sum_assignment(cost.numpy())
             matches.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
         return matches

@@ -197,9 +197,13 @@ class ISTR(InstanceSegmentationModule):
         batch, _ = self.transform(images)
         features = list(self.neck(self.backbone(batch.tensors)).values())
         resized_sizes = [(int(h), int(w)) for h, w in batch.image_sizes]
-        whwh = torch.tensor([[w, h, w, h] for h, w in resized_sizes], dtype=features[0].dtype,
-                            device=features[0].device)
-        boxes = box_convert(self.init_proposal_boxes.weight, "cxcywh", "xyxy")[None] * whwh[:, None, :]
+        # Boxes in float32 whatever the features' precision (bfloat16 would round them to 4-8 px steps), scaled by
+        # Python numbers: a size tensor built here would be a blocking host-to-device copy on every forward.
+        unit = box_convert(self.init_proposal_boxes.weight.float(), "cxcywh", "xyxy")  # [N, 4] in 0..1
+        boxes = torch.stack(
+            [torch.stack((unit[:, 0] * w, unit[:, 1] * h, unit[:, 2] * w, unit[:, 3] * h), dim=1)
+             for h, w in resized_sizes]
+        )  # [B, N, 4]
         image_features = torch.stack([level.mean(dim=(2, 3)) for level in features]).sum(0)  # [B, C]
         queries = image_features[:, None, :] + self.pos_embeddings.weight[None]  # [B, N, C]
         return self.head(features, boxes, queries), resized_sizes

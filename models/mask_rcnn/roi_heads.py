@@ -44,6 +44,8 @@ class LevelPool(nn.Module):
     def forward(self, features: dict[str, Tensor], boxes: list[Tensor], image_sizes: list[tuple[int, int]]) -> Tensor:
         return self.pool([features[name] for name in self.level_names], boxes, image_sizes)
 
+from models.common.box_coder import Float32BoxCoder
+
 
 class MaskRoIHeads(RoIHeads):
     """Box classification/regression and mask prediction on RoIs pooled from the pyramid.
@@ -54,6 +56,11 @@ class MaskRoIHeads(RoIHeads):
     def __init__(self, *args, mask_aligned: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.mask_aligned = mask_aligned
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The same coder, decoding in float32 without torchvision's per-call host-to-device copy.
+        self.box_coder = Float32BoxCoder(self.box_coder.weights, self.box_coder.bbox_xform_clip)
 
     def detect(
         self, features: dict[str, Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]]
@@ -105,9 +112,14 @@ class MaskRoIHeads(RoIHeads):
     def _box_outputs(
         self, features: dict[str, Tensor], boxes: list[Tensor], image_sizes: list[tuple[int, int]]
     ) -> tuple[Tensor, Tensor]:
-        """Class logits [R, C+1] and per-class box deltas [R, 4(C+1)] for the R boxes of the batch."""
+        """Class logits [R, C+1] and per-class box deltas [R, 4(C+1)] for the R boxes of the batch, float32.
+
+        float32 under mixed precision too: torchvision decodes boxes in the deltas' dtype (bfloat16 would round
+        corners to 4-8 px steps) and its scores keep the logits' dtype.
+        """
         pooled = self.box_roi_pool(features, boxes, image_sizes)
-        return self.box_predictor(self.box_head(pooled))
+        class_logits, box_regression = self.box_predictor(self.box_head(pooled))
+        return class_logits.float(), box_regression.float()
 
     def _mask_logits(
         self, features: dict[str, Tensor], boxes: list[Tensor], image_sizes: list[tuple[int, int]]

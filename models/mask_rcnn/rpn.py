@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import torch
 from torch import Tensor
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork, concat_box_prediction_layers
+
+from models.common.box_coder import Float32BoxCoder
 
 
 class RPNOutput(NamedTuple):
@@ -30,6 +33,11 @@ class ProposalNetwork(RegionProposalNetwork):
 
     _top_n_setting = "testing"
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The same coder, decoding in float32 without torchvision's per-call host-to-device copy.
+        self.box_coder = Float32BoxCoder(self.box_coder.weights, self.box_coder.bbox_xform_clip)
+
     def pre_nms_top_n(self) -> int:
         return self._pre_nms_top_n[self._top_n_setting]
 
@@ -39,11 +47,15 @@ class ProposalNetwork(RegionProposalNetwork):
     def predict(self, images: ImageList, features: list[Tensor]) -> RPNOutput:
         """Objectness and box deltas at every anchor of `images` (padded batch) from the pyramid `features`."""
         objectness, box_deltas = self.head(features)
-        anchors = self.anchor_generator(images, features)
+        # torchvision builds the anchors in the features' dtype (bfloat16 would round them to 2-4 px steps); it reads
+        # only their shapes, dtype and device, so float32 stand-ins that allocate nothing are passed instead.
+        float_shapes = [torch.empty((), device=f.device).expand(f.shape) for f in features]
+        anchors = self.anchor_generator(images, float_shapes)
         num_anchors_per_level = [o[0].numel() for o in objectness]  # anchors/location x H x W, per level
         objectness, box_deltas = concat_box_prediction_layers(objectness, box_deltas)
-        # Proposals are not back-propagated through (Faster R-CNN's approximate joint training).
-        decoded = self.box_coder.decode(box_deltas.detach(), anchors).view(len(anchors), -1, 4)
+        # Proposals are not back-propagated through (Faster R-CNN's approximate joint training). Decoded in float32:
+        # torchvision decodes in the deltas' dtype, and bfloat16 would round proposal corners to 4-8 px steps.
+        decoded = self.box_coder.decode(box_deltas.detach().float(), anchors).view(len(anchors), -1, 4)
         return RPNOutput(objectness, box_deltas, anchors, decoded, num_anchors_per_level)
 
     def proposals(self, output: RPNOutput, image_sizes: list[tuple[int, int]], training_top_n: bool) -> list[Tensor]:

@@ -24,14 +24,22 @@ def training_targets(targets: list[dict], num_classes: int) -> list[dict[str, Te
         if "iscrowd" in target:
             keep = target["iscrowd"] == 0
         boxes, labels, masks = boxes[keep].float(), labels[keep], target["masks"][keep]
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-            raise ValueError(
-                f"image {image_id}: target labels must be in [0, {num_classes}), got {labels.tolist()}"
-            )
-        degenerate = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
-        if degenerate.any():
-            raise ValueError(
-                f"image {image_id}: target box {boxes[degenerate][0].tolist()} has no area (xyxy needs x2>x1, y2>y1)"
-            )
+        # Checked only where it is free: on a GPU each check is a host sync per image and step, and the datamodule's
+        # loader has already checked its targets on the CPU (datamodules.coco.check_target).
+        if labels.device.type == "cpu":
+            _check(boxes, labels, num_classes, image_id)
         converted.append({"boxes": boxes, "labels": labels.long() + 1, "masks": masks.to(torch.uint8)})
     return converted
+
+
+def _check(boxes: Tensor, labels: Tensor, num_classes: int, image_id) -> None:
+    """Raises ValueError naming the image for a label outside [0, num_classes) or a box without area."""
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(
+            f"image {image_id}: target labels must be in [0, {num_classes}), got {labels.tolist()}"
+        )
+    degenerate = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+    if degenerate.any():
+        raise ValueError(
+            f"image {image_id}: target box {boxes[degenerate][0].tolist()} has no area (xyxy needs x2>x1, y2>y1)"
+        )

@@ -129,6 +129,7 @@ class YOLACT(InstanceSegmentationModule):
             semantic_loss_weight, masks_to_train,
         )
         self.postprocess = YolactPostProcess(score_thresh, nms, nms_iou_thresh, nms_top_k, detections_per_img)
+        self._anchor_cache: dict[tuple, Tensor] = {}
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -181,14 +182,8 @@ class YOLACT(InstanceSegmentationModule):
         prototypes = self.protonet(levels[0])
         box_deltas, class_logits, coefficients = self.head(levels)
         input_size = (int(batch.shape[-2]), int(batch.shape[-1]))
-        anchors = grid_anchors(
-            [(int(level.shape[-2]), int(level.shape[-1])) for level in levels],
-            input_size,
-            list(self.hparams.anchor_scales),
-            list(self.hparams.aspect_ratios),
-            square=self.hparams.square_anchors,
-            device=batch.device,
-        )
+        anchors = self._anchors([(int(level.shape[-2]), int(level.shape[-1])) for level in levels], input_size,
+                                batch.device)
         return YolactOutputs(
             box_deltas=box_deltas,
             class_logits=class_logits,
@@ -199,21 +194,37 @@ class YOLACT(InstanceSegmentationModule):
             input_size=input_size,
         )
 
+    def _anchors(self, feature_sizes: list[tuple[int, int]], input_size: tuple[int, int], device: torch.device
+                 ) -> Tensor:
+        """The anchors of an input size, built once per size and device (as the official `make_priors`): rebuilding
+        them cost ~90 ops and a host-to-device copy per forward. A plain dict, so never in the state dict."""
+        key = (tuple(feature_sizes), input_size, str(device))
+        if key not in self._anchor_cache:
+            self._anchor_cache[key] = grid_anchors(
+                feature_sizes, input_size, list(self.hparams.anchor_scales), list(self.hparams.aspect_ratios),
+                square=self.hparams.square_anchors, device=device,
+            )
+        return self._anchor_cache[key]
+
     def training_targets(self, images: list[Tensor], targets: list[dict[str, Any]]) -> list[YolactTarget]:
         """The datamodule's targets in the network-input frame, crowd regions split off."""
         size = self.hparams.input_size
         converted = []
         for image, target in zip(images, targets):
             height, width = image.shape[-2:]
-            scale = torch.tensor([size / width, size / height] * 2, device=image.device)
-            boxes = target["boxes"].to(image.device, torch.float32) * scale
+            # Scaled by Python numbers: a scale tensor built here would be a blocking host-to-device copy per image.
+            boxes = target["boxes"].to(image.device, torch.float32).clone()
+            boxes[:, 0::2] *= size / width
+            boxes[:, 1::2] *= size / height
             crowd = target["iscrowd"].to(image.device).bool()
+            # Two index lists (the split's size is data-dependent: one host sync each), not four boolean masks.
+            kept, crowds = torch.nonzero(~crowd).squeeze(1), torch.nonzero(crowd).squeeze(1)
             converted.append(
                 YolactTarget(
-                    boxes=boxes[~crowd],
-                    labels=target["labels"].to(image.device)[~crowd],
-                    masks=target["masks"].to(image.device)[~crowd],
-                    crowd_boxes=boxes[crowd],
+                    boxes=boxes[kept],
+                    labels=target["labels"].to(image.device)[kept],
+                    masks=target["masks"].to(image.device)[kept],
+                    crowd_boxes=boxes[crowds],
                 )
             )
         return converted

@@ -44,22 +44,24 @@ def match_anchors(
     else:
         overlaps = box_iou(gt_boxes, anchors)  # [G, N]
         best_overlap, matched_gt = overlaps.max(dim=0)  # per anchor
-        # The official greedy forced matching; a loop of G steps over tensor ops (no host sync inside).
+        # The official greedy forced matching: G steps of tensor ops. Indices stay 1-element tensors (index_fill_,
+        # scatter_): a 0-dim tensor used as an index would be read on the host, a device sync per ground truth.
         overlaps = overlaps.clone()
         for _ in range(gt_boxes.shape[0]):
             best_per_gt, best_anchor_per_gt = overlaps.max(dim=1)
-            gt = best_per_gt.argmax()
-            anchor = best_anchor_per_gt[gt]
-            overlaps[:, anchor] = -1
-            overlaps[gt, :] = -1
-            best_overlap[anchor] = 2.0
-            matched_gt[anchor] = gt
+            gt = best_per_gt.argmax().view(1)
+            anchor = best_anchor_per_gt.gather(0, gt)
+            overlaps.index_fill_(1, anchor, -1.0)
+            overlaps.index_fill_(0, gt, -1.0)
+            best_overlap.index_fill_(0, anchor, 2.0)
+            matched_gt.scatter_(0, anchor, gt)
         anchor_classes = gt_labels.to(torch.int64)[matched_gt] + 1
-        anchor_classes[best_overlap < pos_thresh] = NEUTRAL
-        anchor_classes[best_overlap < neg_thresh] = BACKGROUND
+        # torch.where rather than boolean-mask assignment, which finds the mask's indices on the host.
+        anchor_classes = torch.where(best_overlap < pos_thresh, NEUTRAL, anchor_classes)
+        anchor_classes = torch.where(best_overlap < neg_thresh, BACKGROUND, anchor_classes)
     if crowd_boxes.shape[0] > 0 and crowd_thresh < 1:
         covered = (_intersection_over_first(anchors, crowd_boxes).max(dim=1).values > crowd_thresh)
-        anchor_classes[(anchor_classes <= BACKGROUND) & covered] = NEUTRAL
+        anchor_classes = torch.where((anchor_classes <= BACKGROUND) & covered, NEUTRAL, anchor_classes)
     return anchor_classes, matched_gt
 
 

@@ -476,3 +476,30 @@ def test_converter_reads_the_resnet_depth_and_refuses_other_models(tmp_path):
     torch.save({"model": {"backbone.conv1.weight": torch.zeros(1)}}, tmp_path / "yolact.pth")
     with pytest.raises(ValueError, match="not an official ISTR V1"):
         convert_istr_official(str(tmp_path / "yolact.pth"), str(tmp_path / "x.ckpt"))
+
+
+def test_level_selection_by_gather_equals_the_per_level_pooling_and_never_syncs():
+    """The device path (every level pools every box, a gather picks each box's level) equals the CPU path; with it
+    the whole head (6 stages of pooling and box decoding) runs without a host sync."""
+    from tests.models.sync_census import SyncCensus
+    from tests.models.test_contract import NUM_CLASSES, TINY_CONFIGS
+
+    generator = torch.Generator().manual_seed(0)
+    features = [torch.randn(2, 3, 512 // s, 512 // s, generator=generator) for s in (4, 8, 16, 32)]
+    corners = torch.rand(2, 30, 2, generator=generator) * 300
+    boxes = torch.cat([corners, corners + 4 + torch.rand(2, 30, 2, generator=generator) * 400], dim=2)
+    by_level = MultiLevelRoIAlign([4, 8, 16, 32], output_size=7, gather_levels=False)(features, boxes)
+    gathered = MultiLevelRoIAlign([4, 8, 16, 32], output_size=7, gather_levels=True)(features, boxes)
+    assert torch.equal(gathered, by_level)
+
+    torch.manual_seed(0)
+    model = ISTR(num_classes=NUM_CLASSES, **{**TINY_CONFIGS["istr"], "num_stages": 6}).eval()
+    model.head.pooler.gather_levels = True
+    with torch.no_grad():
+        batch, _ = model.transform([torch.rand(3, 64, 80, generator=generator)])
+        features = list(model.neck(model.backbone(batch.tensors)).values())
+        unit = torch.tensor([[0.5, 0.5, 1.0, 1.0]]).expand(1, TINY_CONFIGS["istr"]["num_queries"], 4) * 40
+        queries = torch.zeros(1, TINY_CONFIGS["istr"]["num_queries"], TINY_CONFIGS["istr"]["fpn_channels"])
+        with SyncCensus() as census:
+            stages = model.head(features, unit, queries)
+    assert len(stages) == 6 and census.syncs == 0, census.counts

@@ -494,3 +494,39 @@ def test_a_few_training_steps_through_the_cli(small_synthetic_root, tmp_path):
 
     metrics = json.loads(metrics_files[0].read_text())
     assert metrics["global_step"] == 2 and "val/segm_AP" in metrics and "val/loss_mask" in metrics
+
+
+def test_fast_postprocess_equals_the_candidate_path_with_one_host_read_per_image():
+    """Fixed-shape post-processing (top_k over all anchors, candidates ranked first) gives the detections of the
+    definition on the candidates alone (anchors whose best class score passes the threshold), and the forward plus
+    post-processing reads the device once per image (the detection count), after everything is queued."""
+    from torchvision.models.detection._utils import BoxCoder
+
+    from models.yolact.loss import SSD_BOX_WEIGHTS
+    from tests.models.common.test_nms import _brute_force_fast_nms
+    from tests.models.sync_census import SyncCensus
+
+    model = _tiny_model(detections_per_img=30, nms_top_k=15, score_thresh=0.35).eval()
+    with torch.no_grad():
+        model.head.class_layer.weight.mul_(6)  # a real subset of candidates, and scores without ties
+    images = [torch.rand(3, 64, 80, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    with torch.no_grad():
+        detections = model(images)
+        outputs = model.network(model.preprocess(images), semantic=False)
+        with SyncCensus() as census:
+            model(images)
+    assert census.counts == {"item": 2}, census.counts
+    for index, (image, found) in enumerate(zip(images, detections)):
+        scores = outputs.class_logits[index].softmax(dim=1)[:, 1:]
+        candidates = torch.nonzero(scores.max(dim=1).values > model.postprocess.score_thresh).squeeze(1)
+        assert 0 < len(candidates) < len(scores)
+        boxes = BoxCoder(SSD_BOX_WEIGHTS).decode_single(outputs.box_deltas[index, candidates], outputs.anchors[candidates])
+        expected = _brute_force_fast_nms(boxes, scores[candidates].t(), 0.5, 15, 30)
+        assert found["labels"].tolist() == [c for _, _, c in expected]
+        torch.testing.assert_close(found["scores"], torch.tensor([s for s, _, _ in expected]))
+        height, width = image.shape[-2:]
+        scale = torch.tensor([width / 64, height / 64] * 2)
+        expected_boxes = (boxes[[j for _, j, _ in expected]] * scale)
+        expected_boxes[:, 0::2] = expected_boxes[:, 0::2].clamp(0, width)
+        expected_boxes[:, 1::2] = expected_boxes[:, 1::2].clamp(0, height)
+        torch.testing.assert_close(found["boxes"], expected_boxes)

@@ -131,3 +131,26 @@ def test_crop_and_resize_with_no_boxes():
 def test_crop_and_resize_rejects_mismatched_counts():
     with pytest.raises(ValueError, match="mask_indices"):
         crop_and_resize_masks(torch.zeros(2, 20, 30), torch.zeros(3, 4), 28)
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+def test_batched_paste_equals_the_per_mask_paste(monkeypatch, aligned):
+    """The chunked grid_sample paste (the GPU path, forced here on the CPU) gives each mask what pasting it alone
+    gives; for the legacy convention, what torchvision's per-mask loop gives (to float rounding, ~4e-6)."""
+    monkeypatch.setattr(masks_module, "_PASTE_CHUNK_PIXELS", 7 * 97 * 131)  # several chunks
+    generator = torch.Generator().manual_seed(3)
+    height, width, side = 97, 131, 28
+    probs = torch.rand(40, 1, side, side, generator=generator)
+    boxes = _random_boxes(40, height, width, max_side=70, generator=generator) - 3  # some cross the top / left
+    boxes[0] = torch.tensor([5.0, 5.0, 5.2, 40.0])  # thinner than a pixel
+    boxes[1] = torch.tensor([-20.0, -15.0, 140.0, 110.0])  # beyond every image edge
+    batched = paste_masks(probs, boxes, (height, width), aligned=aligned, batched=True)
+    if aligned:
+        alone = torch.cat([paste_masks(p[None], b[None], (height, width), aligned=True) for p, b in zip(probs, boxes)])
+        assert torch.equal(batched, alone)
+        return
+    loop = paste_masks(probs, boxes, (height, width), aligned=False, batched=False)
+    assert torch.equal(batched, loop)
+    reference = paste_masks_in_image(probs, boxes, (height, width))[:, 0]
+    torch.testing.assert_close(masks_module._paste_legacy(probs, boxes, height, width), reference, rtol=0, atol=1e-5)
+    assert loop.any(dim=(1, 2)).all()  # every mask lands somewhere: the comparison is not of empty images

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torchvision.ops import box_iou, nms
 
-from models.common.nms import batched_class_nms, cross_class_fast_nms, fast_nms, pairwise_iou
+from models.common.nms import batched_class_nms, cross_class_fast_nms, fast_nms, fast_nms_fixed, pairwise_iou
 
 
 def _random_boxes(count: int, generator: torch.Generator) -> torch.Tensor:
@@ -91,3 +91,21 @@ def test_pairwise_iou_matches_torchvision_in_batches():
     result = pairwise_iou(a, b)
     for i in range(3):
         torch.testing.assert_close(result[i], box_iou(a[i], b[i]))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fixed_fast_nms_with_candidates_equals_fast_nms_on_the_candidates_alone(seed):
+    """The fixed-shape form (YOLACT's sync-free path): non-candidates neither enter a top_k nor suppress anything."""
+    generator = torch.Generator().manual_seed(seed)
+    boxes = _random_boxes(80, generator)
+    scores = torch.rand(3, 80, generator=generator)
+    valid = torch.rand(80, generator=generator) > 0.75
+    box_idx, classes, kept_scores, kept = fast_nms_fixed(boxes, scores, 0.5, top_k=20, max_detections=70, valid=valid)
+    assert box_idx.shape == classes.shape == kept_scores.shape == kept.shape == (60,)  # fixed by the arguments
+    candidates = torch.nonzero(valid).squeeze(1)
+    expected = _brute_force_fast_nms(boxes[candidates], scores[:, candidates], 0.5, 20, 70)
+    count = int(kept.sum())
+    assert count == len(expected) < 60 and not kept[count:].any()  # the kept ones first, then filler
+    assert [(int(candidates[j]), c) for _, j, c in expected] == list(zip(box_idx[:count].tolist(),
+                                                                         classes[:count].tolist()))
+    torch.testing.assert_close(kept_scores[:count], torch.tensor([s for s, _, _ in expected]))
