@@ -12,8 +12,16 @@ import argparse
 import json
 import sys
 import time
+from typing import Sequence
 
 from datamodules.coco import CocoDataModule, DatasetError
+
+
+def padding_ratio(batches: Sequence[Sequence[int]], sizes: Sequence[tuple[int, int]]) -> float:
+    """Pixels of the padded batches (each image padded to its batch's largest height and largest width) over the
+    images' own pixels: 1.0 means no padding. `sizes` is (height, width) per dataset index."""
+    padded = sum(len(batch) * max(sizes[i][0] for i in batch) * max(sizes[i][1] for i in batch) for batch in batches)
+    return padded / sum(sizes[i][0] * sizes[i][1] for batch in batches for i in batch)
 
 
 def measure(datamodule: CocoDataModule, epochs: int, warmup: int) -> dict:
