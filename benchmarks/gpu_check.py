@@ -138,6 +138,9 @@ class Check:
                       output_tail=(output or "")[-2000:])
         if status != "ok":
             record["detail"] = _last_error_line(output or "")
+            if process.returncode is not None and process.returncode < 0 and not status.startswith("timed out"):
+                # a crash (a segmentation fault in a kernel, say) leaves no Python error behind
+                record["detail"] = f"killed by {signal.Signals(-process.returncode).name}; last line: {record['detail']}"
         self.stages.append(record)
         return record
 
@@ -340,7 +343,7 @@ def _pytest_summary(output: str) -> str:
 
 
 def _last_error_line(output: str) -> str:
-    lines = [line.strip() for line in output.strip().splitlines() if line.strip()]
+    lines = [line.strip() for line in output.strip().splitlines() if line.strip() and "Tip:" not in line]
     for line in reversed(lines):
         if "Error" in line or "error:" in line or "Traceback" in line or "FAILED" in line:
             return line[:300]
