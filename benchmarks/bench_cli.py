@@ -1,8 +1,9 @@
 """Speed of models given by their configs: FPS end to end and model only, latency, stages, memory, params, FLOPs.
 
     maskbench bench --config MODEL.yaml [--config B.yaml ...] [--ckpt_path C.ckpt ...] [--device cpu|cuda]
-                    [--precision 32|16|bf16] [--batch-size 1] [--warmup 10] [--iters 100] [--channels-last]
-                    [--compile] [--cudnn-benchmark] [--images 100] [--flops-images 5] [--breakdown-iters N]
+                    [--precision 32|16-mixed|bf16-mixed] [--half-weights] [--tf32 | --no-tf32]
+                    [--batch-size 1] [--warmup 10] [--iters 100] [--channels-last]
+                    [--compile] [--compile-mode reduce-overhead|max-autotune|...] [--cudnn-benchmark] [--images 100] [--flops-images 5] [--breakdown-iters N]
                     [--no-breakdown] [--data-config DATA.yaml] [--set KEY=VALUE ...] [--out FILE.json]
 
 Each --config is a model config as `maskbench fit` reads it (model: class_path/init_args, data: ...), or several
@@ -36,7 +37,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt_path", "--ckpt-path", action="append", default=[], metavar="C.ckpt",
                         help="weights for the config at the same position (all or none)")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
-    parser.add_argument("--precision", default="32", choices=["32", "16", "bf16"], help="16 / bf16: AMP autocast")
+    parser.add_argument("--precision", default="32",
+                        help="32 | 16-mixed | bf16-mixed: AMP autocast (16 / bf16 are the same)")
+    parser.add_argument("--half-weights", action="store_true",
+                        help="with a mixed precision: cast the weights to its half type once (no per-call casts)")
+    parser.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=None,
+                        help="TF32 convolutions and matmuls on / off for the run (default: torch's own setting)")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=10, help="untimed calls before timing")
     parser.add_argument("--iters", type=int, default=100, help="timed calls per pass")
@@ -44,6 +50,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-breakdown", dest="breakdown", action="store_false", help="skip the per-stage pass")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network submodules")
+    parser.add_argument("--compile-mode", default=None, metavar="MODE",
+                        help="torch.compile's mode (implies --compile): default | reduce-overhead (CUDA graphs) | "
+                        "max-autotune | max-autotune-no-cudagraphs")
     parser.add_argument("--cudnn-benchmark", action="store_true")
     parser.add_argument("--images", type=int, default=100, help="val images to cycle through")
     parser.add_argument("--flops-images", type=int, default=5, help="images the FLOPs are averaged over (0: none)")
@@ -121,10 +130,18 @@ def run_names(configs: list[str]) -> list[str]:
 
 
 def run_bench(args) -> int:
-    from benchmarks.speed import compare, load_val_images
+    from benchmarks.speed import COMPILE_MODES, canonical_precision, compare, load_val_images
     from models.common.files import write_json_atomic
 
     try:
+        try:
+            args.precision = canonical_precision(args.precision)
+        except ValueError as err:
+            raise BenchError(f"--precision: {err}") from None
+        if args.compile_mode is not None and args.compile_mode not in COMPILE_MODES:
+            raise BenchError(f"--compile-mode must be one of {COMPILE_MODES}, got {args.compile_mode!r}")
+        if args.half_weights and args.precision == "32":
+            raise BenchError("--half-weights needs --precision 16-mixed or bf16-mixed")
         if args.ckpt_path and len(args.ckpt_path) != len(args.config):
             raise BenchError(f"give one --ckpt_path per --config ({len(args.config)}), or none")
         checkpoints = args.ckpt_path or [None] * len(args.config)
@@ -139,6 +156,7 @@ def run_bench(args) -> int:
         entries, device=args.device, precision=args.precision, batch_size=args.batch_size, warmup=args.warmup,
         iters=args.iters, channels_last=args.channels_last, compile=args.compile, breakdown=args.breakdown,
         cudnn_benchmark=args.cudnn_benchmark, breakdown_iters=args.breakdown_iters, flops_images=args.flops_images,
+        compile_mode=args.compile_mode, half_weights=args.half_weights, tf32=args.tf32,
     )
     print(format_table(result))
     if args.out:
@@ -160,13 +178,17 @@ def format_table(result: dict) -> str:
         f"load average at start {load.get('start')} / end {load.get('end')}",
     ]
     first = result["runs"][0]
+    flags = first["flags"]
     lines.append(
-        f"precision {first['precision']}, batch {first['batch_size']}, warm-up {first['flags']['warmup']}, "
-        f"{first['flags']['iters']} timed calls; flags channels_last={first['flags']['channels_last']} "
-        f"compile={first['flags']['compile']} cudnn_benchmark={first['flags']['cudnn_benchmark']}"
+        f"precision {first['precision']}{' (half weights)' if flags['half_weights'] else ''}, batch "
+        f"{first['batch_size']}, warm-up {flags['warmup']} (+{flags['warmup_calls'] - flags['warmup']} to meet every "
+        f"input size), {flags['iters']} timed calls; flags channels_last={flags['channels_last']} "
+        f"compile={flags['compile_mode'] or False} cudnn_benchmark={flags['cudnn_benchmark']} "
+        f"TF32 conv={env['cudnn_allow_tf32']} matmul={env['float32_matmul_precision']}"
     )
     width = max(16, *(len(record["name"]) for record in result["runs"]))
-    header = (f"{'name':<{width}} {'input':>9} {'dets':>5} {'FPS':>7} {'FPS mdl':>7} {'p50 ms':>8} {'p90 ms':>8} "
+    header = (f"{'name':<{width}} {'input':>9} {'dets':>5} {'FPS':>7} {'FPS med':>7} {'FPS mdl':>7} {'p50 ms':>8} "
+              f"{'p90 ms':>8} "
               f"{'bb+neck':>8} {'heads':>7} {'post':>7} {'params M':>8} {'GFLOPs':>8} {'mem MB':>7}")
     several = len(result["runs"]) > 1
     if several:
@@ -176,7 +198,7 @@ def format_table(result: dict) -> str:
         stages = record["stages_ms"] or {}
         row = (
             f"{record['name']:<{width}} {'x'.join(map(str, record['input_size'])):>9} "
-            f"{_fmt(record['detections_per_image'], '5.1f'):>5} {record['fps']:7.2f} "
+            f"{_fmt(record['detections_per_image'], '5.1f'):>5} {record['fps']:7.2f} {record['fps_median']:7.2f} "
             f"{_fmt(record['fps_model'], '7.2f'):>7} {record['latency_ms']['p50']:8.1f} "
             f"{record['latency_ms']['p90']:8.1f} {_fmt(stages.get('backbone_neck'), '8.1f'):>8} "
             f"{_fmt(stages.get('heads'), '7.1f'):>7} {_fmt(stages.get('postprocess'), '7.1f'):>7} "
@@ -187,7 +209,8 @@ def format_table(result: dict) -> str:
             row += (f" {_fmt(ratio['fps'], '6.2f'):>6} {_fmt(ratio['fps_model'], '6.2f'):>6} "
                     f"{_fmt(ratio['gflops'], '7.2f'):>7}")
         lines.append(row)
-    lines.append("dets: detections per image (warm-up calls); stages: medians of the breakdown pass (ms); post = "
+    lines.append("FPS: batch / mean latency (as the official figures); FPS med: / median; FPS mdl: model only, mean; "
+                 "dets: detections per image (warm-up calls); stages: medians of the breakdown pass (ms); post = "
                  "everything outside the listed stage modules (NMS, decoding, mask assembly and pasting); "
                  "GFLOPs: 2 per multiply-add")
     for record in result["runs"]:

@@ -7,8 +7,12 @@ Protocol (the field's practice, /work/shared/reference/benchmarking.md):
   * inputs are real val images, decoded once and moved to the device BEFORE any timing; batch `batch_size`
     (1 by default), the images cycled in a fixed order so every model sees the same ones;
   * the model in eval mode under torch.inference_mode, with the optional speed-ups as flags: AMP autocast
-    (`precision` "16" / "bf16"), channels_last weights, torch.compile, cudnn.benchmark;
-  * `warmup` untimed calls, then `iters` timed calls; the device is synchronised right before and right after
+    (`precision` "16-mixed" / "bf16-mixed", Lightning's names), weights cast to that half type once
+    (`half_weights`: no per-call weight casts), channels_last weights, torch.compile (with its `mode`, e.g.
+    "reduce-overhead" = CUDA graphs), cudnn.benchmark, TF32 on or off (`tf32`; None leaves torch's setting);
+  * `warmup` untimed calls, then more untimed calls until every distinct batch of input sizes has run once (a
+    shape first met inside a timed call would time cuDNN's plan choice, its autotuning with cudnn.benchmark, or a
+    torch.compile re-trace); then `iters` timed calls; the device is synchronised right before and right after
     each timed call (the `synchronize` below) and nowhere else inside it;
   * end to end = raw uint8 images -> the model's own resize/normalise -> network -> post-processing -> boxes and
     masks pasted at each image's full resolution (left on the device: no host copy);
@@ -18,8 +22,9 @@ Protocol (the field's practice, /work/shared/reference/benchmarking.md):
     calls only; CUDA events on a GPU); post-processing = the call minus its stages;
   * the three kinds of call are interleaved round by round (end to end i, model only i, breakdown i), so a change
     in machine load hits them alike;
-  * FPS = batch_size / median latency (the median resists the load spikes of a shared machine; mean and p90 are
-    reported too); peak device memory from a last, untimed pass (CUDA only; null elsewhere: CPU allocations
+  * FPS = batch_size / mean latency, the statistic of the official YOLACT, detectron2 and mmdetection figures
+    (per-image detection counts make the latencies skewed, so mean and median differ); `fps_median` = batch_size /
+    median latency resists the load spikes of a shared machine; peak device memory from a last, untimed pass (CUDA only; null elsewhere: CPU allocations
     go through malloc, which torch does not account for);
   * params and FLOPs from `benchmarks.complexity` on the unmodified fp32 model, before any flag is applied.
 
@@ -41,9 +46,13 @@ import torch
 from torch import Tensor, nn
 
 from benchmarks.complexity import complexity
-from benchmarks.environment import environment
+from benchmarks.environment import environment, math_settings, restore_math_settings
 
-PRECISIONS = {"32": None, "16": torch.float16, "bf16": torch.bfloat16}
+# Lightning's precision names -> the autocast dtype (None: fp32, no autocast).
+PRECISIONS = {"32": None, "16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
+# Other accepted spellings (the runner and older records say "16" / "bf16").
+PRECISION_ALIASES = {"32-true": "32", "fp32": "32", "16": "16-mixed", "fp16": "16-mixed", "bf16": "bf16-mixed"}
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # The remainder of a breakdown call: everything outside the listed stage submodules.
 REMAINDER_STAGE = "postprocess"
 # Untimed calls that open the model-only and breakdown passes (their hooks may make torch.compile re-trace).
@@ -129,6 +138,14 @@ class _RawOutputsReady(Exception):
     """Raised by the model-only stop hook: the network's raw outputs exist, post-processing is skipped."""
 
 
+def canonical_precision(precision: str) -> str:
+    """"32", "16-mixed" or "bf16-mixed" for any accepted spelling; ValueError naming the choices otherwise."""
+    name = PRECISION_ALIASES.get(str(precision), str(precision))
+    if name not in PRECISIONS:
+        raise ValueError(f"precision must be one of {(*PRECISIONS, *PRECISION_ALIASES)}, got {precision!r}")
+    return name
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work (the protocol's only syncs; a no-op on the CPU)."""
     if device.type == "cuda":
@@ -183,9 +200,15 @@ class SpeedRun:
         channels_last: bool = False,
         compile: bool = False,
         cudnn_benchmark: bool = False,
+        compile_mode: str | None = None,
+        half_weights: bool = False,
+        tf32: bool | None = None,
     ):
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
+        precision = canonical_precision(precision)
+        if half_weights and PRECISIONS[precision] is None:
+            raise ValueError("half_weights needs a half precision: precision '16-mixed' or 'bf16-mixed', got '32'")
+        if compile_mode is not None and compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not images:
@@ -206,8 +229,10 @@ class SpeedRun:
         self.precision = precision
         self.batch_size = batch_size
         self.channels_last = channels_last
-        self.compile = compile
+        self.compile = compile or compile_mode is not None
+        self.compile_mode = (compile_mode or "default") if self.compile else None
         self.cudnn_benchmark = cudnn_benchmark
+        self.half_weights = half_weights
         self.split = SPLITS.get(self.model_class)
 
         self.model = model.eval().to(self.device)
@@ -216,6 +241,10 @@ class SpeedRun:
         if self.split is not None:
             self.stage_modules, self.raw_outputs = _check_split(self.model, self.split, self.model_class)
         self.model_stop_missed = 0
+        if half_weights:
+            # Cast once; autocast stays on, so the ops it keeps in fp32 (norms, softmax) and the models' fp32 box
+            # paths run as in the mixed mode, while its per-call weight casts become no-ops.
+            self.model.to(PRECISIONS[precision])
         self.weights_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -229,12 +258,16 @@ class SpeedRun:
         self.image_size = list(Counter(tuple(image.shape[-2:]) for image in on_device).most_common(1)[0][0])
         self.network_input_sizes: Counter = Counter()
         self.detections: list[int] = []  # per image, counted in the warm-up calls
+        self.warmup_calls = 0
 
-        self._previous_cudnn_benchmark = torch.backends.cudnn.benchmark
+        self._previous_math = math_settings()
         torch.backends.cudnn.benchmark = cudnn_benchmark
+        if tf32 is not None:
+            torch.backends.cudnn.allow_tf32 = tf32
+            torch.set_float32_matmul_precision("high" if tf32 else "highest")
         self._swapped: list[tuple[nn.Module, str, nn.Module]] = []
         self._callable: Callable[[list[Tensor]], Any] = self.model
-        if compile:
+        if self.compile:
             self._compile()
 
     # ------------------------------------------------------------------------------------------------ flags
@@ -243,8 +276,9 @@ class SpeedRun:
         """torch.compile the dense network submodules of the split (post-processing stays eager: its shapes are
         data-dependent); a model without a split is compiled whole. The compiled wrappers replace the submodules
         until `close()`, and hooks go on the wrappers, i.e. outside the compiled graphs."""
+        options = {} if self.compile_mode == "default" else {"mode": self.compile_mode}
         if self.split is None:
-            self._callable = torch.compile(self.model)
+            self._callable = torch.compile(self.model, **options)
             return
         for dotted in self.split.network_modules:
             if dotted not in self.stage_modules:
@@ -252,7 +286,7 @@ class SpeedRun:
             parent_name, _, attribute = dotted.rpartition(".")
             parent = self.model.get_submodule(parent_name)
             original = getattr(parent, attribute)
-            setattr(parent, attribute, torch.compile(original))
+            setattr(parent, attribute, torch.compile(original, **options))
             self._swapped.append((parent, attribute, original))
 
     def close(self) -> None:
@@ -260,7 +294,7 @@ class SpeedRun:
             setattr(parent, attribute, original)
         self._swapped.clear()
         self._callable = self.model
-        torch.backends.cudnn.benchmark = self._previous_cudnn_benchmark
+        restore_math_settings(self._previous_math)
 
     def _autocast(self):
         dtype = PRECISIONS[self.precision]
@@ -273,6 +307,20 @@ class SpeedRun:
     def batch(self, index: int) -> list[Tensor]:
         return self.batches[index % len(self.batches)]
 
+    def unseen_size_batches(self, calls: int) -> list[int]:
+        """The batch indices, in order, whose input sizes the first `calls` calls (batches 0, 1, ... cycling) did
+        not meet: one batch per distinct tuple of image sizes still unseen."""
+        def sizes(index: int) -> tuple:
+            return tuple(tuple(image.shape) for image in self.batches[index])
+
+        seen = {sizes(index) for index in range(min(calls, len(self.batches)))}
+        unseen = []
+        for index in range(len(self.batches)):
+            if sizes(index) not in seen:
+                seen.add(sizes(index))
+                unseen.append(index)
+        return unseen
+
     def call(self, index: int) -> Any:
         """One untimed end-to-end call on batch `index`."""
         with self._autocast():
@@ -281,6 +329,7 @@ class SpeedRun:
     def warmup_call(self, index: int) -> None:
         """An untimed call that also counts the detections per image (post-processing and pasting scale with
         them, so they belong next to every speed figure)."""
+        self.warmup_calls += 1
         for prediction in self.call(index):
             if isinstance(prediction, dict) and isinstance(prediction.get("scores"), Tensor):
                 self.detections.append(int(prediction["scores"].numel()))
@@ -497,8 +546,8 @@ def measure(
 ) -> list[dict[str, Any]]:
     """Time prepared runs; returns per run its raw measurements (seconds per call).
 
-    Warm-up: `warmup` untimed end-to-end calls per run (network input size and detections counted meanwhile),
-    then PASS_WARMUP untimed calls with each pass's hooks. Timed: `iters` rounds; round i runs, model after model
+    Warm-up: `warmup` untimed end-to-end calls per run, then one more per batch of input sizes those calls did not
+    meet (network input size and detections counted meanwhile; alternating too), then PASS_WARMUP untimed calls with each pass's hooks. Timed: `iters` rounds; round i runs, model after model
     (A B A B ...), the end-to-end call i, then the model-only call i (stop hook attached for that call only), then,
     in the first `breakdown_iters` rounds (at most `iters`), the breakdown call i (stage hooks attached for that
     call only). So drift in machine load hits every model and every pass alike, and no hook is attached during an
@@ -530,6 +579,11 @@ def measure(
             for run in runs:
                 probes.enter_context(run.network_input_probe())
             _round_robin(runs, warmup, lambda run, i: run.warmup_call(i))
+            unseen = [run.unseen_size_batches(warmup) for run in runs]
+            for position in range(max(len(indices) for indices in unseen)):
+                for run, indices in zip(runs, unseen):
+                    if position < len(indices):
+                        run.warmup_call(indices[position])
         for index in range(PASS_WARMUP):
             for run in split_runs:
                 model_only(run, index, timed=False)
@@ -570,8 +624,10 @@ def build_record(
     return {
         "name": run.name,
         "model": run.model_class,
-        "fps": run.batch_size * 1e3 / latency["p50"],
-        "fps_model": run.batch_size * 1e3 / model_latency["p50"] if model_latency else None,
+        "fps": run.batch_size * 1e3 / latency["mean"],
+        "fps_median": run.batch_size * 1e3 / latency["p50"],
+        "fps_model": run.batch_size * 1e3 / model_latency["mean"] if model_latency else None,
+        "fps_model_median": run.batch_size * 1e3 / model_latency["p50"] if model_latency else None,
         "latency_ms": latency,
         "latency_model_ms": model_latency,
         "stages_ms": stages_ms,
@@ -589,8 +645,11 @@ def build_record(
         "flags": {
             "channels_last": run.channels_last,
             "compile": run.compile,
+            "compile_mode": run.compile_mode,
+            "half_weights": run.half_weights,
             "cudnn_benchmark": run.cudnn_benchmark,
             "warmup": warmup,
+            "warmup_calls": run.warmup_calls,
             "iters": iters,
             "breakdown_iters": len(stage_calls or []),
         },
@@ -623,7 +682,9 @@ def ratios_to_first(records: list[dict[str, Any]]) -> list[dict[str, float | Non
     ]
 
 
-PER_ENTRY_SETTINGS = ("precision", "channels_last", "compile")
+PER_ENTRY_SETTINGS = ("precision", "channels_last", "compile", "compile_mode", "half_weights")
+# What each record's environment adds to the shared one: the settings of that run that change its numerics.
+RUN_SETTINGS = ("precision", "half_weights", "channels_last", "compile_mode")
 
 
 def compare(
@@ -640,16 +701,20 @@ def compare(
     cudnn_benchmark: bool = False,
     breakdown_iters: int | None = None,
     flops_images: int = 5,
+    compile_mode: str | None = None,
+    half_weights: bool = False,
+    tf32: bool | None = None,
 ) -> dict[str, Any]:
     """Benchmark several (name, model, images) alternately in this process: {"runs": [record...], "ratios": [...],
     "environment": {...}}; ratios are to the first entry. Settings as in `benchmark`.
 
-    An entry may carry a 4th element, a dict overriding `precision`, `channels_last` or `compile` for that model
-    alone, e.g. ours in fp16 + channels_last against a reference in fp32 in one alternating run.
+    An entry may carry a 4th element, a dict overriding `precision`, `channels_last`, `compile`, `compile_mode` or
+    `half_weights` for that model alone, e.g. ours in fp16 + channels_last against a reference in fp32 in one alternating run.
     """
     if not entries:
         raise ValueError("compare needs at least one (name, model, images) entry")
-    common = {"precision": precision, "channels_last": channels_last, "compile": compile}
+    common = {"precision": precision, "channels_last": channels_last, "compile": compile,
+              "compile_mode": compile_mode, "half_weights": half_weights}
     settings = []
     for entry in entries:
         overrides = dict(entry[3]) if len(entry) > 3 else {}
@@ -662,22 +727,21 @@ def compare(
     complexities = [
         complexity(entry[1].eval().to(device), list(entry[2])[:flops_images]) for entry in entries
     ]
-    runs = [
-        SpeedRun(entry[1], entry[2], name=entry[0], device=device, batch_size=batch_size,
-                 cudnn_benchmark=cudnn_benchmark, **setting)
-        for entry, setting in zip(entries, settings)
-    ]
+    runs: list[SpeedRun] = []
     try:
+        for entry, setting in zip(entries, settings):
+            runs.append(SpeedRun(entry[1], entry[2], name=entry[0], device=device, batch_size=batch_size,
+                                 cudnn_benchmark=cudnn_benchmark, tf32=tf32, **setting))
         measured = measure(runs, warmup=warmup, iters=iters, breakdown=breakdown, breakdown_iters=breakdown_iters)
+        env = environment(device)  # while the runs' settings (cudnn.benchmark, TF32) are in force
     finally:
         for run in reversed(runs):  # each restores what it found, so the first restores the original state
             run.close()
-    env = environment(device)
     env["load_average"] = {"start": load_start, "end": _load_average()}
     records = []
     for run, measurement, complexity_record in zip(runs, measured, complexities):
         record = build_record(run, measurement, complexity_record, warmup=warmup, iters=iters)
-        record["environment"] = env
+        record["environment"] = {**env, **{key: record["flags"].get(key, record.get(key)) for key in RUN_SETTINGS}}
         records.append(record)
     return {"runs": records, "ratios": ratios_to_first(records), "environment": env}
 
@@ -697,25 +761,33 @@ def benchmark(
     cudnn_benchmark: bool = False,
     breakdown_iters: int | None = None,
     flops_images: int = 5,
+    compile_mode: str | None = None,
+    half_weights: bool = False,
+    tf32: bool | None = None,
 ) -> dict[str, Any]:
     """The speed record of one model on `images` (list of float [3,H,W] in 0..1, e.g. `load_val_images`).
 
-    device "cpu" | "cuda" | "cuda:N"; precision "32" | "16" | "bf16" (AMP autocast); `batch_size` images per
-    call; `warmup` untimed and `iters` timed calls per pass; `channels_last`, `compile`, `cudnn_benchmark`: the
-    speed-up flags; `breakdown`: also time the stages (`breakdown_iters` calls, default `iters`);
+    device "cpu" | "cuda" | "cuda:N"; precision "32" | "16-mixed" | "bf16-mixed" (AMP autocast; "16" / "bf16"
+    accepted); `batch_size` images per call; `warmup` untimed calls (then one per batch of input sizes not met yet)
+    and `iters` timed calls per pass; `channels_last`, `compile` (`compile_mode`: torch.compile's mode, implies
+    compile), `cudnn_benchmark`, `half_weights` (weights cast to the half type once), `tf32` (True / False: set
+    cuDNN's and the matmuls' TF32 for the run; None: leave torch's setting): the speed-up flags; `breakdown`: also time the stages (`breakdown_iters` calls, default `iters`);
     `flops_images`: images the FLOPs are averaged over (0: params only).
 
-    The record: fps, fps_model, latency_ms {mean, p50, p90, min, max, std}, latency_model_ms, stages_ms (ms per
+    The record: fps, fps_model (batch / mean latency), fps_median, fps_model_median, latency_ms {mean, p50, p90, min, max, std}, latency_model_ms, stages_ms (ms per
     stage, medians; null for a model without a `SPLITS` entry or with breakdown=False), breakdown_total_ms,
     peak_memory_mb (CUDA; null elsewhere), params, gflops, gflops_std, gmacs, input_size (the network input
-    [H, W]), image_size, batch_size, precision, flags {channels_last, compile, cudnn_benchmark, warmup, iters,
-    breakdown_iters}, timed_calls, environment (with the load average at start and end). The model is left in
-    eval mode on `device` (and in channels_last memory format if asked).
+    [H, W]), image_size, batch_size, precision, flags {channels_last, compile, compile_mode, half_weights,
+    cudnn_benchmark, warmup, warmup_calls, iters, breakdown_iters}, timed_calls, environment (with the load
+    average at start and end, the math settings in force: TF32, float32 matmul precision, cudnn.benchmark, and
+    this run's precision, half_weights, channels_last, compile_mode). The model is left in eval mode on `device`
+    (in channels_last memory format, and with half weights, if asked).
     """
     result = compare(
         [(type(model).__name__, model, images)], device=device, precision=precision, batch_size=batch_size,
         warmup=warmup, iters=iters, channels_last=channels_last, compile=compile, breakdown=breakdown,
         cudnn_benchmark=cudnn_benchmark, breakdown_iters=breakdown_iters, flops_images=flops_images,
+        compile_mode=compile_mode, half_weights=half_weights, tf32=tf32,
     )
     return result["runs"][0]
 

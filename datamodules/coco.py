@@ -25,11 +25,12 @@ import numpy as np
 import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.v2 import functional as F
 
+from datamodules.sampler import GroupedBatchSampler, orientation_groups
 from datamodules.transforms import build_eval_transforms, build_train_transforms
 
 
@@ -493,6 +494,7 @@ seed and style ("simple", the default, or the harder "textured").
         num_workers: int = 0,
         pin_memory: bool = False,
         persistent_workers: bool = False,
+        group_by_aspect_ratio: bool = True,
         skip_empty_train: bool = True,
         strict: bool = False,
         hflip_prob: float = 0.5,
@@ -608,12 +610,16 @@ seed and style ("simple", the default, or the harder "textured").
                 )
         self._categories = self.val_dataset.categories
 
-    def _loader(self, dataset: CocoInstanceDataset, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: CocoInstanceDataset, batch_size: int, shuffle: bool,
+                group_ids: list[int] | None = None) -> DataLoader:
         hp = self.hparams
+        batching: dict[str, Any] = dict(batch_size=batch_size, shuffle=shuffle)
+        if group_ids is not None:
+            sampler = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
+            batching = dict(batch_sampler=GroupedBatchSampler(sampler, group_ids, batch_size))
         return DataLoader(
             dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
+            **batching,
             num_workers=hp.num_workers,
             pin_memory=hp.pin_memory,
             persistent_workers=hp.persistent_workers and hp.num_workers > 0,
@@ -621,9 +627,15 @@ seed and style ("simple", the default, or the harder "textured").
         )
 
     def train_dataloader(self) -> DataLoader:
+        """Shuffled; with `group_by_aspect_ratio` (the default) every batch holds one orientation, so it pads to
+        few extra pixels, and under DDP the ranks split each epoch exactly (datamodules.sampler)."""
         if self.train_dataset is None:
             self.setup("fit")
-        return self._loader(self.train_dataset, self.hparams.batch_size, shuffle=True)
+        group_ids = None
+        if self.hparams.group_by_aspect_ratio:
+            records = self.train_dataset._records  # the canvas sizes, which the train transforms keep
+            group_ids = orientation_groups([(records[i].height, records[i].width) for i in range(len(records))])
+        return self._loader(self.train_dataset, self.hparams.batch_size, shuffle=True, group_ids=group_ids)
 
     def val_dataloader(self) -> DataLoader:
         if self.val_dataset is None:

@@ -104,3 +104,18 @@ def test_a_model_without_detections_is_flagged(tiny_config, capsys):
     assert "warning: yolact made no detections" in capsys.readouterr().out
     assert main([*bench, "model.init_args.score_thresh=0.0"]) == 0
     assert "made no detections" not in capsys.readouterr().out
+
+
+def test_precision_half_weights_tf32_and_compile_mode_flags(tiny_config, tmp_path, capsys):
+    out = tmp_path / "half.json"
+    assert main(["bench", "--config", tiny_config("yolact"), *FAST, "--no-breakdown", "--precision", "bf16-mixed",
+                 "--half-weights", "--no-tf32", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["precision"] == "bf16-mixed" and record["flags"]["half_weights"]
+    assert record["environment"]["cudnn_allow_tf32"] is False
+    assert record["environment"]["float32_matmul_precision"] == "highest"
+    assert "precision bf16-mixed (half weights)" in capsys.readouterr().out
+    for bad, message in ((["--precision", "8"], "--precision"), (["--half-weights"], "--half-weights needs"),
+                         (["--compile-mode", "fastest"], "--compile-mode must be one of")):
+        assert main(["bench", "--config", "never-read.yaml", *bad]) == 2
+        assert message in capsys.readouterr().err

@@ -176,11 +176,17 @@ def test_the_record_has_every_field_and_is_strict_json(clock, log, split):
     record = benchmark(ClockedNet(clock, log), images(), warmup=1, iters=2, flops_images=2)
     assert REQUIRED_FIELDS <= set(record)
     assert set(record["latency_ms"]) >= {"mean", "p50", "p90"}
-    assert record["flags"] == {"channels_last": False, "compile": False, "cudnn_benchmark": False, "warmup": 1,
-                               "iters": 2, "breakdown_iters": 2}
+    assert record["flags"] == {"channels_last": False, "compile": False, "compile_mode": None, "half_weights": False,
+                               "cudnn_benchmark": False, "warmup": 1, "warmup_calls": 1, "iters": 2,
+                               "breakdown_iters": 2}
     assert {"device_name", "torch", "torchvision", "cuda", "cudnn", "cpu_threads", "platform", "hostname"} <= set(
         record["environment"])
     assert record["environment"]["cpu_threads"] == torch.get_num_threads()
+    environment = record["environment"]
+    assert {"cudnn_allow_tf32", "cuda_matmul_allow_tf32", "float32_matmul_precision", "cudnn_benchmark"} <= set(
+        environment)
+    assert (environment["precision"], environment["half_weights"], environment["channels_last"],
+            environment["compile_mode"]) == ("32", False, False, None)
     assert record["peak_memory_mb"] is None  # not measured on the CPU
     assert record["params"] == 2 * (3 * 3 + 3)  # two 1x1 convs 3 -> 3
     assert record["gflops"] == pytest.approx(2 * 2 * (3 * 3 * 8 * 8) / 1e9)  # two convs, 2 FLOPs per MAC
@@ -193,18 +199,89 @@ def test_batches_cycle_through_the_images(clock, log):
     seen = []
     net.backbone.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
     record = benchmark(net, images(3), batch_size=2, warmup=0, iters=4, flops_images=0)
-    assert seen == [2, 2, 2, 2]
+    assert seen == [2] * (1 + 4)  # warmup=0 still meets the one input size once before timing
     assert record["batch_size"] == 2 and record["num_images"] == 3
     assert record["fps"] == pytest.approx(2 / (BACKBONE_S + HEAD_S + POST_S))
 
 
 def test_precision_runs_the_calls_under_autocast(clock, log):
     net = UnlistedNet(clock, log)
-    benchmark(net, images(), precision="bf16", warmup=1, iters=2, flops_images=1)
+    record = benchmark(net, images(), precision="bf16-mixed", warmup=1, iters=2, flops_images=1)
     # the FLOP count runs in fp32; warm-up and timed calls under bf16 autocast
     assert net.autocast_dtypes == [None, torch.bfloat16, torch.bfloat16, torch.bfloat16]
+    assert record["precision"] == "bf16-mixed" and net.backbone.conv.weight.dtype == torch.float32
     with pytest.raises(ValueError, match="precision"):
         benchmark(net, images(), precision="fp8", iters=1, flops_images=0)
+
+
+@pytest.mark.parametrize("given, name, dtype", [
+    ("32", "32", None), ("32-true", "32", None), ("16", "16-mixed", torch.float16),
+    ("16-mixed", "16-mixed", torch.float16), ("bf16", "bf16-mixed", torch.bfloat16),
+])
+def test_precision_names(clock, log, given, name, dtype):
+    net = UnlistedNet(clock, log)
+    record = benchmark(net, images(), precision=given, warmup=0, iters=1, flops_images=0)
+    assert record["precision"] == name and set(net.autocast_dtypes) == {dtype}
+
+
+def test_half_weights_cast_the_model_once_and_keep_autocast(clock, log):
+    net = UnlistedNet(clock, log)
+    weight_dtypes = []
+    net.backbone.register_forward_pre_hook(lambda module, args: weight_dtypes.append(module.conv.weight.dtype))
+    record = benchmark(net, images(), precision="bf16-mixed", half_weights=True, warmup=1, iters=2, flops_images=0)
+    assert set(weight_dtypes) == {torch.bfloat16} and set(net.autocast_dtypes) == {torch.bfloat16}
+    assert record["flags"]["half_weights"] and record["environment"]["half_weights"]
+    with pytest.raises(ValueError, match="half_weights needs a half precision"):
+        benchmark(UnlistedNet(clock, log), images(), half_weights=True, iters=1, flops_images=0)
+
+
+class ShapeLoggingNet(UnlistedNet):
+    def forward(self, images):
+        self.shapes = getattr(self, "shapes", []) + [tuple(tuple(image.shape) for image in images)]
+        return super().forward([image[:, :8, :8] for image in images])
+
+
+def test_warmup_meets_every_distinct_input_size_before_timing(clock, log):
+    sizes = [(8, 8), (8, 12), (8, 8), (12, 8), (8, 12)]
+    net = ShapeLoggingNet(clock, log)
+    record = benchmark(net, [torch.rand(3, h, w) for h, w in sizes], warmup=1, iters=5, flops_images=0)
+    # 1 warm-up call, then one per size it did not meet: (8, 12) and (12, 8)
+    assert record["flags"]["warmup_calls"] == 3
+    warmup, timed = net.shapes[:3], net.shapes[3:]
+    assert set(timed) <= set(warmup) and len(set(warmup)) == 3
+    # batches of two: a batch is a tuple of sizes, each distinct tuple warmed up once
+    net = ShapeLoggingNet(clock, log)
+    record = benchmark(net, [torch.rand(3, h, w) for h, w in sizes], batch_size=2, warmup=0, iters=3, flops_images=0)
+    assert record["flags"]["warmup_calls"] == 3 and set(net.shapes[3:]) <= set(net.shapes[:3])
+
+
+class SkewedNet(UnlistedNet):
+    """Every third call takes 10x longer in post-processing (a image with many detections)."""
+
+    def forward(self, images):
+        outputs = super().forward(images)
+        if self.calls % 3 == 0:
+            self.clock.now += 9 * POST_S
+        return outputs
+
+
+def test_fps_is_on_the_mean_latency_and_the_median_is_reported_too(clock, log):
+    record = benchmark(SkewedNet(clock, log), images(), warmup=0, iters=6, flops_images=0)
+    latency = record["latency_ms"]
+    assert latency["mean"] > latency["p50"] * 1.1
+    assert record["fps"] == pytest.approx(1e3 / latency["mean"])
+    assert record["fps_median"] == pytest.approx(1e3 / latency["p50"])
+
+
+def test_tf32_is_set_for_the_run_recorded_and_restored(clock, log):
+    before = (torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision())
+    for tf32 in (True, False):
+        record = benchmark(UnlistedNet(clock, log), images(), tf32=tf32, warmup=0, iters=1, flops_images=0)
+        assert record["environment"]["cudnn_allow_tf32"] is tf32
+        assert record["environment"]["float32_matmul_precision"] == ("high" if tf32 else "highest")
+        assert (torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()) == before
+    record = benchmark(UnlistedNet(clock, log), images(), warmup=0, iters=1, flops_images=0)
+    assert record["environment"]["cudnn_allow_tf32"] == before[0]  # None: torch's own setting
 
 
 def test_channels_last_compile_and_cudnn_flags(clock, log, split, monkeypatch):
@@ -227,6 +304,7 @@ def test_channels_last_compile_and_cudnn_flags(clock, log, split, monkeypatch):
                        iters=2, flops_images=0)
     assert record["flags"]["channels_last"] and record["flags"]["compile"]
     assert record["flags"]["cudnn_benchmark"] == (not before)
+    assert record["environment"]["cudnn_benchmark"] == (not before)  # in force while measured
     assert torch.backends.cudnn.benchmark == before  # restored
     assert net.backbone.conv.weight.is_contiguous(memory_format=torch.channels_last)
     # the network submodules ran compiled in every pass, and the originals are back afterwards
@@ -292,7 +370,28 @@ def test_a_comparison_entry_can_carry_its_own_precision(clock, log):
     a, b = UnlistedNet(clock, log, "A"), UnlistedNet(clock, log, "B")
     result = compare([("a", a, images()), ("b", b, images(), {"precision": "bf16"})], warmup=1, iters=2,
                      flops_images=0)
-    assert [run["precision"] for run in result["runs"]] == ["32", "bf16"]
+    assert [run["precision"] for run in result["runs"]] == ["32", "bf16-mixed"]
+    assert [run["environment"]["precision"] for run in result["runs"]] == ["32", "bf16-mixed"]
     assert set(a.autocast_dtypes) == {None} and set(b.autocast_dtypes) == {torch.bfloat16}
     with pytest.raises(ValueError, match="per-model settings"):
         compare([("a", a, images(), {"batch_size": 2})], iters=1, flops_images=0)
+
+
+def test_compile_mode_reaches_torch_compile(clock, log, split, monkeypatch):
+    modes = []
+
+    def fake_compile(module, **options):
+        modes.append(options.get("mode"))
+        return module
+
+    monkeypatch.setattr(speed.torch, "compile", fake_compile)
+    record = benchmark(ClockedNet(clock, log), images(), compile_mode="reduce-overhead", warmup=0, iters=1,
+                       flops_images=0)
+    assert modes == ["reduce-overhead", "reduce-overhead"]  # backbone and head
+    assert record["flags"]["compile"] and record["flags"]["compile_mode"] == "reduce-overhead"
+    assert record["environment"]["compile_mode"] == "reduce-overhead"
+    modes.clear()
+    benchmark(ClockedNet(clock, log), images(), compile=True, warmup=0, iters=1, flops_images=0)
+    assert modes == [None, None]  # torch.compile's own default mode
+    with pytest.raises(ValueError, match="compile_mode"):
+        benchmark(ClockedNet(clock, log), images(), compile_mode="fastest", iters=1, flops_images=0)

@@ -68,3 +68,15 @@ def test_compile_on_a_tiny_model(name):
     record = benchmark(model, tiny_images(), warmup=2, iters=2, breakdown_iters=1, compile=True, flops_images=0)
     assert record["flags"]["compile"] and model.backbone is backbone
     assert record["timed_calls"]["model"] == 2
+
+
+@pytest.mark.parametrize("precision, half_weights", [("bf16-mixed", False), ("16-mixed", True)])
+def test_half_precisions_on_a_tiny_model(name, precision, half_weights):
+    """Every architecture runs the protocol under autocast, and with its weights cast to the half type once."""
+    model = build(name)
+    record = benchmark(model, tiny_images(), precision=precision, half_weights=half_weights, warmup=1, iters=1,
+                       breakdown=False, flops_images=0)
+    assert record["precision"] == precision and record["flags"]["half_weights"] == half_weights
+    assert record["detections_per_image"] > 0 and record["model_only_stop_missed"] == 0
+    half = torch.float16 if precision == "16-mixed" else torch.bfloat16
+    assert {p.dtype for p in model.parameters()} == ({half} if half_weights else {torch.float32})
