@@ -19,7 +19,7 @@ Protocol (the field's practice, /work/shared/reference/benchmarking.md):
   * the three kinds of call are interleaved round by round (end to end i, model only i, breakdown i), so a change
     in machine load hits them alike;
   * FPS = batch_size / median latency (the median resists the load spikes of a shared machine; mean and p90 are
-    reported too); peak device memory from a last, untimed pass (CUDA only; null elsewhere: CPU allocations
+    reported too), with 95 % intervals from the spread between rounds (benchmarks.stats); peak device memory from a last, untimed pass (CUDA only; null elsewhere: CPU allocations
     go through malloc, which torch does not account for);
   * params and FLOPs from `benchmarks.complexity` on the unmodified fp32 model, before any flag is applied.
 
@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from benchmarks.complexity import complexity
 from benchmarks.environment import environment
+from benchmarks.stats import fps_intervals, paired_ratio
 
 PRECISIONS = {"32": None, "16": torch.float16, "bf16": torch.bfloat16}
 # The remainder of a breakdown call: everything outside the listed stage submodules.
@@ -570,6 +571,7 @@ def build_record(
         "name": run.name,
         "model": run.model_class,
         "fps": run.batch_size * 1e3 / latency["p50"],
+        **fps_intervals(measured["end_to_end"], run.batch_size),  # fps_mean, fps_mean_ci95, fps_ci95
         "fps_model": run.batch_size * 1e3 / model_latency["p50"] if model_latency else None,
         "latency_ms": latency,
         "latency_model_ms": model_latency,
@@ -678,7 +680,11 @@ def compare(
         record = build_record(run, measurement, complexity_record, warmup=warmup, iters=iters)
         record["environment"] = env
         records.append(record)
-    return {"runs": records, "ratios": ratios_to_first(records), "environment": env}
+    ratios = ratios_to_first(records)
+    for ratio, measurement in zip(ratios, measured):  # round i timed every model back to back: paired ratios
+        paired = paired_ratio(measured[0]["end_to_end"], measurement["end_to_end"])
+        ratio["fps_paired"], ratio["fps_ci95"] = paired["ratio"], paired["ci95"]
+    return {"runs": records, "ratios": ratios, "environment": env}
 
 
 def benchmark(
