@@ -533,12 +533,12 @@ def write_leaderboard(results: Sequence[str | os.PathLike], out_dir: str | os.Pa
     rows = build_rows(records, ap_noise=ap_noise)
     ablation = build_ablation(rows)
     out_dir = Path(out_dir)
-    one_seed = ("one seed: assumed ± {:g}".format(ap_noise) if ap_noise is not None
-                else "(n = 1): one seed, no spread known, counted as exact")
+    one_seed = (f"one seed: ± {ap_noise:g} assumed (--ap-noise)" if ap_noise is not None
+                else "\"(n = 1)\": one seed, no spread known, counted as exact")
     parts = ["## Leaderboard: segm AP vs FPS (★ = Pareto-optimal beyond noise, ≈ = tied with the front within "
              "noise)",
              f"FPS ± its 95 % interval from the timed rounds (several seeds: the span of their intervals); "
-             f"AP ± std over seeds, {one_seed}.",
+             f"AP ± std over seeds; {one_seed}.",
              leaderboard_markdown(rows)]
     if ablation:
         parts += ["## Ablations (Δ against the sweep's baseline; Δ FPS in %; ≈ = within noise: smaller than the "
