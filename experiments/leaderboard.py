@@ -121,10 +121,15 @@ class Row:
             values = self.values.get(column) or []
             ends = [end for interval in self.fps_intervals for end in interval] + (values if len(values) > 1 else [])
             return (min(ends), max(ends)) if ends else None
+        spread = self.spread(column)
+        return None if spread is None else (mean - spread, mean + spread)
+
+    def spread(self, column: str) -> float | None:
+        """The std over seeds; for a segm AP measured with one seed, the assumed ap_noise (None: not known)."""
         std = self.std(column)
-        if std is None and column == ACCURACY:
-            std = self.ap_noise
-        return None if std is None else (mean - std, mean + std)
+        if std is None and column == ACCURACY and len(self.values.get(column) or []) == 1:
+            return self.ap_noise
+        return std
 
     def bounds(self, column: str) -> tuple[float, float]:
         """interval(column), or the mean itself at both ends where no noise is known."""
@@ -315,7 +320,7 @@ class AblationRow:
         seed the --ap-noise assumption); None where neither setting ran with several seeds."""
         if self.reference is None:
             return None
-        stds = [std for std in (_seed_std(self.row, column), _seed_std(self.reference, column)) if std is not None]
+        stds = [std for std in (self.row.spread(column), self.reference.spread(column)) if std is not None]
         if not stds:
             return None
         if column == "FPS":
@@ -337,13 +342,6 @@ class AblationRow:
             verdicts.append(not beats_beyond_noise(self.row, self.reference, SPEED)
                             and not beats_beyond_noise(self.reference, self.row, SPEED))
         return any(verdicts) if verdicts else None
-
-
-def _seed_std(row: Row, column: str) -> float | None:
-    std = row.std(column)
-    if std is None and column == ACCURACY and len(row.values.get(column) or []) == 1:
-        return row.ap_noise
-    return std
 
 
 def _point_key(point: dict[str, Any]) -> str:
