@@ -169,6 +169,18 @@ def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _fps_cell(record: dict) -> str:
+    """FPS ± the larger distance to an end of its 95 % interval (records from before the intervals: FPS alone)."""
+    from benchmarks.stats import half_width
+
+    noise = half_width(record["fps"], record.get("fps_ci95"))
+    return f"{record['fps']:.2f}" + ("" if noise is None else f" ± {noise:.2f}")
+
+
+def _interval_cell(interval) -> str:
+    return "-" if interval is None else f"{interval[0]:.2f}-{interval[1]:.2f}"
+
+
 def format_table(result: dict) -> str:
     """One row per model: input, FPS, latency, stages, params, GFLOPs, memory, and ratios to the first."""
     env = result["environment"]
@@ -187,18 +199,18 @@ def format_table(result: dict) -> str:
         f"TF32 conv={env['cudnn_allow_tf32']} matmul={env['float32_matmul_precision']}"
     )
     width = max(16, *(len(record["name"]) for record in result["runs"]))
-    header = (f"{'name':<{width}} {'input':>9} {'dets':>5} {'FPS':>7} {'FPS med':>7} {'FPS mdl':>7} {'p50 ms':>8} "
-              f"{'p90 ms':>8} "
-              f"{'bb+neck':>8} {'heads':>7} {'post':>7} {'params M':>8} {'GFLOPs':>8} {'mem MB':>7}")
+    header = (f"{'name':<{width}} {'input':>9} {'dets':>5} {'FPS ± 95 %':>14} {'FPS med':>7} {'FPS mdl':>7} "
+              f"{'p50 ms':>8} {'p90 ms':>8} {'bb+neck':>8} {'heads':>7} {'post':>7} {'params M':>8} {'GFLOPs':>8} "
+              f"{'mem MB':>7}")
     several = len(result["runs"]) > 1
     if several:
-        header += f" {'x FPS':>6} {'x FPSm':>6} {'x GFLOP':>7}"
+        header += f" {'x FPS':>6} {'x FPS 95 %':>11} {'x FPSm':>6} {'x GFLOP':>7}"
     lines.append(header)
     for record, ratio in zip(result["runs"], result["ratios"]):
         stages = record["stages_ms"] or {}
         row = (
             f"{record['name']:<{width}} {'x'.join(map(str, record['input_size'])):>9} "
-            f"{_fmt(record['detections_per_image'], '5.1f'):>5} {record['fps']:7.2f} {record['fps_median']:7.2f} "
+            f"{_fmt(record['detections_per_image'], '5.1f'):>5} {_fps_cell(record):>14} {record['fps_median']:7.2f} "
             f"{_fmt(record['fps_model'], '7.2f'):>7} {record['latency_ms']['p50']:8.1f} "
             f"{record['latency_ms']['p90']:8.1f} {_fmt(stages.get('backbone_neck'), '8.1f'):>8} "
             f"{_fmt(stages.get('heads'), '7.1f'):>7} {_fmt(stages.get('postprocess'), '7.1f'):>7} "
@@ -206,13 +218,16 @@ def format_table(result: dict) -> str:
             f"{_fmt(record['peak_memory_mb'], '7.0f'):>7}"
         )
         if several:
-            row += (f" {_fmt(ratio['fps'], '6.2f'):>6} {_fmt(ratio['fps_model'], '6.2f'):>6} "
+            row += (f" {_fmt(ratio['fps'], '6.2f'):>6} {_interval_cell(ratio.get('fps_ci95')):>11} "
+                    f"{_fmt(ratio['fps_model'], '6.2f'):>6} "
                     f"{_fmt(ratio['gflops'], '7.2f'):>7}")
         lines.append(row)
     lines.append("FPS: batch / mean latency (as the official figures); FPS med: / median; FPS mdl: model only, mean; "
                  "dets: detections per image (warm-up calls); stages: medians of the breakdown pass (ms); post = "
                  "everything outside the listed stage modules (NMS, decoding, mask assembly and pasting); "
-                 "GFLOPs: 2 per multiply-add")
+                 "GFLOPs: 2 per multiply-add; ± 95 %: interval of the mean FPS from the spread between rounds (batch means)"
+                 + ("; x FPS 95 %: interval of the median per-round FPS ratio (each round times the models back to "
+                    "back, so load drift cancels)" if several else ""))
     for record in result["runs"]:
         if record["detections_per_image"] == 0:  # untrained weights below the score threshold, typically
             lines.append(f"warning: {record['name']} made no detections, so its per-detection work (mask head, "

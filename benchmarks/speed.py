@@ -23,8 +23,9 @@ Protocol (the field's practice, /work/shared/reference/benchmarking.md):
   * the three kinds of call are interleaved round by round (end to end i, model only i, breakdown i), so a change
     in machine load hits them alike;
   * FPS = batch_size / mean latency, the statistic of the official YOLACT, detectron2 and mmdetection figures
-    (per-image detection counts make the latencies skewed, so mean and median differ); `fps_median` = batch_size /
-    median latency resists the load spikes of a shared machine; peak device memory from a last, untimed pass (CUDA only; null elsewhere: CPU allocations
+    (per-image detection counts make the latencies skewed, so mean and median differ), with its 95 % interval
+    from the spread between rounds (batch means, benchmarks.stats); `fps_median` = batch_size / median latency
+    resists the load spikes of a shared machine (order-statistic interval); peak device memory from a last, untimed pass (CUDA only; null elsewhere: CPU allocations
     go through malloc, which torch does not account for);
   * params and FLOPs from `benchmarks.complexity` on the unmodified fp32 model, before any flag is applied.
 
@@ -47,6 +48,7 @@ from torch import Tensor, nn
 
 from benchmarks.complexity import complexity
 from benchmarks.environment import environment, math_settings, restore_math_settings
+from benchmarks.stats import fps_intervals, paired_ratio
 
 # Lightning's precision names -> the autocast dtype (None: fp32, no autocast).
 PRECISIONS = {"32": None, "16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
@@ -621,11 +623,14 @@ def build_record(
     stages_ms = _median_stages(stage_calls) if stage_calls else None
     breakdown_total_ms = stages_ms.pop("total") if stages_ms else None
     network_size = run.network_input_sizes.most_common(1)
+    intervals = fps_intervals(measured["end_to_end"], run.batch_size)
     return {
         "name": run.name,
         "model": run.model_class,
         "fps": run.batch_size * 1e3 / latency["mean"],
+        "fps_ci95": intervals["fps_mean_ci95"],
         "fps_median": run.batch_size * 1e3 / latency["p50"],
+        "fps_median_ci95": intervals["fps_median_ci95"],
         "fps_model": run.batch_size * 1e3 / model_latency["mean"] if model_latency else None,
         "fps_model_median": run.batch_size * 1e3 / model_latency["p50"] if model_latency else None,
         "latency_ms": latency,
@@ -743,7 +748,11 @@ def compare(
         record = build_record(run, measurement, complexity_record, warmup=warmup, iters=iters)
         record["environment"] = {**env, **{key: record["flags"].get(key, record.get(key)) for key in RUN_SETTINGS}}
         records.append(record)
-    return {"runs": records, "ratios": ratios_to_first(records), "environment": env}
+    ratios = ratios_to_first(records)
+    for ratio, measurement in zip(ratios, measured):  # round i timed every model back to back: paired ratios
+        paired = paired_ratio(measured[0]["end_to_end"], measurement["end_to_end"])
+        ratio["fps_paired"], ratio["fps_ci95"] = paired["ratio"], paired["ci95"]
+    return {"runs": records, "ratios": ratios, "environment": env}
 
 
 def benchmark(

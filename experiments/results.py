@@ -18,7 +18,9 @@ A record (schema RECORD_SCHEMA):
     {name, point {axis: value}, baseline {axis: value}}), model (the MODELS name), model_class, backbone,
     input_size, dataset {root, val_ann, num_classes, val_images}, seed, config_files, overrides, config (the
     resolved LightningCLI config), git {revision, dirty}, metrics {"bbox": {12 COCO numbers}, "segm": {...}},
-    metrics_step (the optimizer step the metrics belong to), speed (the benchmarks.speed record), params, gflops,
+    metrics_step (the optimizer step the metrics belong to), speed (the benchmarks.speed record; its 95 %
+    intervals fps_ci95 (of the mean FPS) and fps_median_ci95 are [low, high] or null, and absent from records written before them),
+    params, gflops,
     training {time_s, steps, images, images_per_s, resumed_from_step, devices, strategy, precision},
     environment, started_at, finished_at, duration_s, paths {run_dir, log_dir, checkpoint}.
 """
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import subprocess
 from pathlib import Path
@@ -39,6 +42,7 @@ RUNS_DIR = "runs"
 STATUSES = ("ok", "failed")
 COCO_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 IOU_TYPES = ("bbox", "segm")
+INTERVAL_KEYS = ("fps_ci95", "fps_median_ci95")  # the speed record's intervals (benchmarks.stats.fps_intervals)
 
 # Overrides that change where output goes or how progress is shown, never what a run computes.
 NON_IDENTIFYING_KEYS = frozenset({
@@ -207,6 +211,16 @@ def check_record(record: Any, where: str) -> None:
             missing = [s for s in COCO_STATS if s not in stats]
             if missing:
                 raise RecordError(f"{where}: metrics[{iou_type!r}] lacks {', '.join(missing)}")
+        for key in INTERVAL_KEYS:
+            interval = (record["speed"] or {}).get(key)
+            if interval is not None and not _is_interval(interval):
+                raise RecordError(f"{where}: speed.{key} must be [low, high] with low <= high, got {interval!r}")
+
+
+def _is_interval(value: Any) -> bool:
+    return (isinstance(value, list) and len(value) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+            and value[0] <= value[1])
 
 
 # ------------------------------------------------------------------------------------------------ provenance

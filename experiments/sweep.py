@@ -23,7 +23,9 @@ Config paths are relative to the sweep file's folder or to the repository root. 
 its own process (so DDP runs launch their workers cleanly and a crash ends one run, not the sweep), its output
 in RESULTS/runs/<run_id>/run.log. Runs whose record exists with status "ok" are skipped, so a sweep killed at
 any moment resumes where it stopped when started again; a run that fails is recorded as failed (its error in the
-record) and the sweep goes on. At the end the leaderboard and ablation tables of the results folder are written.
+record) and the sweep goes on. At the end the leaderboard and ablation tables of the results folder are written
+(experiments.leaderboard; a delta smaller than the seed-to-seed spread is marked ≈, within noise, so give a
+sweep several seeds).
 
 `--launcher slurm` writes RESULTS/slurm/<name>.sbatch, a job array with one task per unfinished run (each task
 one `srun maskbench run ...` line of RESULTS/slurm/<name>.commands), and submits it with `--submit` when sbatch

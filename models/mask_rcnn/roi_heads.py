@@ -25,6 +25,7 @@ from torchvision.models.detection.roi_heads import (
     project_masks_on_boxes,
 )
 
+from models.common.box_coder import Float32BoxCoder
 from models.common.masks import crop_and_resize_masks
 from models.common.roi_pooler import LevelRoIAlign
 
@@ -44,8 +45,6 @@ class LevelPool(nn.Module):
     def forward(self, features: dict[str, Tensor], boxes: list[Tensor], image_sizes: list[tuple[int, int]]) -> Tensor:
         return self.pool([features[name] for name in self.level_names], boxes, image_sizes)
 
-from models.common.box_coder import Float32BoxCoder
-
 
 class MaskRoIHeads(RoIHeads):
     """Box classification/regression and mask prediction on RoIs pooled from the pyramid.
@@ -56,9 +55,6 @@ class MaskRoIHeads(RoIHeads):
     def __init__(self, *args, mask_aligned: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.mask_aligned = mask_aligned
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
         # The same coder, decoding in float32 without torchvision's per-call host-to-device copy.
         self.box_coder = Float32BoxCoder(self.box_coder.weights, self.box_coder.bbox_xform_clip)
 
