@@ -3,7 +3,8 @@
 
 The bar counts calls of each model's forward (a forward pre-hook, which costs one Python call: nothing next to a
 model's forward, and the same for every model compared), so it needs nothing from the protocol's internals; its
-total is an estimate (FLOPs images + warm-up + three passes of `iters`), closed at the true count. It writes to
+total is an estimate (FLOPs images + warm-up + three passes of `iters`; a model without a stage split makes one
+pass only), closed at the true count. It writes to
 stderr, like tqdm's other bars in the project (`data check`, `sweep`, `fit-codec`).
 """
 from __future__ import annotations
@@ -17,8 +18,12 @@ from torch import nn
 
 def expected_calls(models: int, *, warmup: int, iters: int, flops_images: int, breakdown: bool) -> int:
     """About how many forward calls the speed protocol makes: per model the FLOPs images, the warm-up, and the
-    end-to-end, model-only and (with breakdown) per-stage passes of `iters` calls."""
-    return models * (flops_images + warmup + iters * (3 if breakdown else 2))
+    end-to-end, model-only and (with breakdown) per-stage passes of `iters` calls, the last two after their own
+    warm-up calls."""
+    from benchmarks.speed import PASS_WARMUP
+
+    passes = 3 if breakdown else 2
+    return models * (flops_images + warmup + (passes - 1) * PASS_WARMUP + passes * iters)
 
 
 @contextlib.contextmanager
@@ -26,7 +31,11 @@ def call_progress(models: Sequence[nn.Module], total: int, description: str, ena
     from tqdm import tqdm
 
     bar = tqdm(total=total, desc=description, unit="call", file=sys.stderr, disable=not enabled, dynamic_ncols=True)
-    handles = [model.register_forward_pre_hook(lambda module, args: bar.update(1)) for model in models]
+
+    def tick(module, args) -> None:  # None: a pre-hook's return value would replace the call's arguments
+        bar.update(1)
+
+    handles = [model.register_forward_pre_hook(tick) for model in models]
     try:
         yield
     finally:

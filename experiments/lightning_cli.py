@@ -45,7 +45,7 @@ class MaskbenchCLI(LightningCLI):
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
         if subcommand in RESULTS_VERBS:
             parser.add_argument(
-                "--results_json", type=Optional[str], default=None,
+                "--results_json", "--results-json", type=Optional[str], default=None,
                 help="write the detections as a standard COCO results file (image_id, category_id, score, bbox "
                 "[x,y,w,h], segmentation as compressed RLE), streamed, gathered across processes, written atomically",
             )
