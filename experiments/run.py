@@ -383,11 +383,7 @@ def _log_record_to_wandb(run, record: dict[str, Any], path: Path) -> None:
 def _error_text(err: BaseException, tail_lines: int = 12) -> str:
     """A one-line summary (what tables show), then the message and the traceback's tail."""
     message = str(err)
-    lines = message.splitlines() or [""]
-    # jsonargparse wraps a constructor's own error in "Does not validate against any of the Union subtypes ...
-    # Errors:\n  - <the constructor's message>": the bullet is the informative line.
-    bullets = [line.strip()[2:] for line in lines if line.strip().startswith("- ")]
-    summary = bullets[0] if "Union subtypes" in lines[0] and bullets else lines[0]
+    summary = (message.splitlines() or [""])[0]  # a ConfigurationError's one line names the option already
     trace = "".join(traceback.format_exception(type(err), err, err.__traceback__)).strip().splitlines()
     return f"{type(err).__name__}: {summary}\n{message}\n" + "\n".join(trace[-tail_lines:])
 
