@@ -140,7 +140,14 @@ def _load_converter(name: str) -> Callable[[str, str], object]:
 
 
 def _convert(args) -> int:
-    out = _load_converter(args.format)(args.input, args.output)
+    if not os.path.isfile(args.input):
+        raise DatasetError(f"{args.input}: checkpoint file not found")
+    converter = _load_converter(args.format)
+    try:
+        out = converter(args.input, args.output)
+    except (ValueError, KeyError, OSError, RuntimeError) as err:  # a file that is not a `format` checkpoint
+        raise DatasetError(f"{args.input}: cannot be converted as {args.format}: {type(err).__name__}: "
+                           f"{' '.join(str(err).split())}") from err
     print(f"wrote {out or args.output}")
     return 0
 

@@ -19,6 +19,7 @@ full traceback instead.
 """
 from __future__ import annotations
 
+import os
 import re
 import traceback
 from typing import Any, Optional, Sequence
@@ -65,6 +66,13 @@ class MaskbenchCLI(LightningCLI):
             self.config = parser.parse_args(args)
         except ArgumentError as err:
             raise ConfigurationError(parse_error_message(err)) from err
+
+    def before_instantiate_classes(self) -> None:
+        # Lightning looks for the checkpoint only after building everything, and then raises from deep inside.
+        path = self.config[self.subcommand].get("ckpt_path") if self.subcommand else None
+        if isinstance(path, str) and path not in ("last", "best", "hpc") and "://" not in path \
+                and not path.startswith("registry") and not os.path.isfile(path):
+            raise ConfigurationError(f"invalid --ckpt_path: {path}: checkpoint file not found")
 
     def instantiate_classes(self) -> None:
         try:
