@@ -240,6 +240,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_command(argv: Sequence[str]) -> argparse.Namespace:
+    """The arguments of a non-Lightning verb. `run` hands the options it does not know to Lightning's CLI, in their
+    order, as `overrides`; every other verb rejects them."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        if not getattr(args, "passes_overrides", False):
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.overrides = list(args.overrides) + unknown
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = "--verbose" in argv or os.environ.get(VERBOSE_ENV, "") not in ("", "0")
@@ -250,13 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             run_lightning(argv)
             return 0
-        parser = build_parser()
-        args, unknown = parser.parse_known_args(argv)
-        if unknown:
-            # `run` hands the options it does not know to Lightning's CLI (its overrides); no other verb takes any.
-            if not getattr(args, "passes_overrides", False):
-                parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-            args.overrides = list(args.overrides) + unknown
+        args = parse_command(argv)
         return args.handler(args)
     except (DatasetError, ConfigurationError) as err:
         if verbose:

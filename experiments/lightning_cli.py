@@ -53,7 +53,7 @@ class MaskbenchCLI(LightningCLI):
         if subcommand == "predict":
             parser.add_argument("--visualize", type=Optional[str], default=None,
                                 help="write a PNG per image to this folder: ground truth | detections")
-            parser.add_argument("--score_thresh", type=float, default=0.3,
+            parser.add_argument("--score_thresh", "--score-thresh", type=float, default=0.3,
                                 help="lowest score drawn by --visualize")
             # Predictions go to the writers as they come; Lightning's default would keep every full-resolution mask.
             parser.set_defaults(return_predictions=False)
