@@ -16,6 +16,9 @@ change the speed (the VoVNet configs name a weights file, and a file with pretra
 
 Several --config run alternately (A B A B ... call by call, in one process) and the table adds each one's ratios
 to the first. --out writes the JSON (one record for one config; {"runs", "ratios", "environment"} for several).
+A model that needs a fitted mask codec (ISTR's PCA) and whose config names no codec file gets one of the config's
+shape fitted on its dataset's training split and cached (`prepare_codec`); each record says which (`codec`).
+A progress bar on stderr counts the model calls.
 The protocol is benchmarks/speed.py's.
 """
 from __future__ import annotations
