@@ -17,6 +17,9 @@ change the speed (the VoVNet configs name a weights file, and a file with pretra
 
 Several --config run alternately (A B A B ... call by call, in one process) and the table adds each one's ratios
 to the first. --out writes the JSON (one record for one config; {"runs", "ratios", "environment"} for several).
+A model that needs a fitted mask codec (ISTR's PCA) and whose config names no codec file gets one of the config's
+shape fitted on its dataset's training split and cached (`prepare_codec`); each record says which (`codec`).
+A progress bar on stderr counts the model calls.
 The protocol is benchmarks/speed.py's.
 """
 from __future__ import annotations
@@ -43,17 +46,17 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="with a mixed precision: cast the weights to its half type once (no per-call casts)")
     parser.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=None,
                         help="TF32 convolutions and matmuls on / off for the run (default: torch's own setting)")
-    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=1, help="images per timed call")
     parser.add_argument("--warmup", type=int, default=10, help="untimed calls before timing")
     parser.add_argument("--iters", type=int, default=100, help="timed calls per pass")
-    parser.add_argument("--breakdown-iters", type=int, default=None, help="timed calls of the stage pass (--iters)")
+    parser.add_argument("--breakdown-iters", type=int, default=None, help="timed calls of the stage pass (None: --iters)")
     parser.add_argument("--no-breakdown", dest="breakdown", action="store_false", help="skip the per-stage pass")
-    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network submodules")
     parser.add_argument("--compile-mode", default=None, metavar="MODE",
                         help="torch.compile's mode (implies --compile): default | reduce-overhead (CUDA graphs) | "
                         "max-autotune | max-autotune-no-cudagraphs")
-    parser.add_argument("--cudnn-benchmark", action="store_true")
+    parser.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark on")
     parser.add_argument("--images", type=int, default=100, help="val images to cycle through")
     parser.add_argument("--flops-images", type=int, default=5, help="images the FLOPs are averaged over (0: none)")
     parser.add_argument("--data-config", default=None, metavar="DATA.yaml", help="data config added to every model")
@@ -82,14 +85,11 @@ def cli_arguments(config: str, data_config: str | None, overrides: list[str]) ->
 def build_from_config(config: str, data_config: str | None = None, overrides: list[str] = (),
                       ckpt_path: str | None = None):
     """(model, datamodule) exactly as `maskbench fit --config CONFIG` would build them, weights from `ckpt_path`."""
-    import warnings
+    # The bench verb builds models as `maskbench fit` does, through the experiments layer's LightningCLI: the one
+    # import of this command-line front end that runs against the layers (tests/test_imports.py names it).
+    from experiments.lightning_cli import run_lightning
 
-    from experiments.cli import run_lightning
-
-    with warnings.catch_warnings():
-        # LightningCLI warns whenever sys.argv holds more than its args: here it holds the bench verb's own.
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        cli = run_lightning(cli_arguments(config, data_config, list(overrides)), run=False)
+    cli = run_lightning(cli_arguments(config, data_config, list(overrides)), run=False)
     model = cli.model
     if ckpt_path:
         load_weights(model, ckpt_path)
@@ -129,9 +129,22 @@ def run_names(configs: list[str]) -> list[str]:
     return [name if names.index(name) == i else f"{name} #{names[:i + 1].count(name)}" for i, name in enumerate(names)]
 
 
+def prepare_codec(model, datamodule) -> dict | None:
+    """A model with a fitted mask codec (ISTR's PCA): the config's codec file, or else one of the config's shape
+    (K, mask size) fitted on its dataset's training split and cached (the synthetic default for the quickstart
+    configs); the speed does not depend on the codec's values, but decoding needs one. Returns which codec was used
+    ({"kind", "file"}; file null for a data-free or checkpoint codec), None for a model without a codec."""
+    prepare = getattr(model, "prepare_codec", None)
+    if prepare is None:
+        return None
+    fitted = prepare(datamodule)
+    return {"kind": model.hparams.get("codec"), "file": fitted or model.hparams.get("codec_path")}
+
+
 def run_bench(args) -> int:
+    from benchmarks.progress import call_progress, expected_calls
     from benchmarks.speed import COMPILE_MODES, canonical_precision, compare, load_val_images
-    from models.common.files import write_json_atomic
+    from datamodules.files import write_json_atomic
 
     try:
         try:
@@ -145,20 +158,32 @@ def run_bench(args) -> int:
         if args.ckpt_path and len(args.ckpt_path) != len(args.config):
             raise BenchError(f"give one --ckpt_path per --config ({len(args.config)}), or none")
         checkpoints = args.ckpt_path or [None] * len(args.config)
-        entries = []
+        entries, codecs = [], []
         for name, config, ckpt in zip(run_names(args.config), args.config, checkpoints):
+            print(f"building {name} ({config})", file=sys.stderr, flush=True)
             model, datamodule = build_from_config(config, args.data_config, args.overrides, ckpt)
+            codecs.append(prepare_codec(model, datamodule))
             entries.append((name, model, load_val_images(datamodule, args.images)))
     except BenchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    result = compare(
-        entries, device=args.device, precision=args.precision, batch_size=args.batch_size, warmup=args.warmup,
-        iters=args.iters, channels_last=args.channels_last, compile=args.compile, breakdown=args.breakdown,
-        cudnn_benchmark=args.cudnn_benchmark, breakdown_iters=args.breakdown_iters, flops_images=args.flops_images,
-        compile_mode=args.compile_mode, half_weights=args.half_weights, tf32=args.tf32,
-    )
+    total = expected_calls(len(entries), warmup=args.warmup, iters=args.iters, flops_images=args.flops_images,
+                           breakdown=args.breakdown)
+    with call_progress([entry[1] for entry in entries], total, "timing (model calls)"):
+        result = compare(
+            entries, device=args.device, precision=args.precision, batch_size=args.batch_size, warmup=args.warmup,
+            iters=args.iters, channels_last=args.channels_last, compile=args.compile, breakdown=args.breakdown,
+            cudnn_benchmark=args.cudnn_benchmark, breakdown_iters=args.breakdown_iters,
+            flops_images=args.flops_images, compile_mode=args.compile_mode, half_weights=args.half_weights,
+            tf32=args.tf32,
+        )
+    for record, codec in zip(result["runs"], codecs):
+        if codec is not None:
+            record["codec"] = codec
     print(format_table(result))
+    for record in result["runs"]:
+        if "codec" in record:
+            print(f"{record['name']}: {record['codec']['kind']} mask codec from {record['codec']['file'] or 'the model'}")
     if args.out:
         write_json_atomic(Path(args.out), result["runs"][0] if len(entries) == 1 else result)
         print(f"wrote {args.out}")

@@ -33,7 +33,7 @@ from torchvision.models.detection import MaskRCNN as TorchvisionMaskRCNN
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from models.common.files import write_json_atomic
+from datamodules.files import write_json_atomic
 from models.mask_rcnn import MaskRCNN
 from models.mask_rcnn.convert import convert_torchvision_maskrcnn
 from models.mask_rcnn.targets import training_targets

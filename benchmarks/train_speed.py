@@ -64,7 +64,7 @@ def build(config: str, data_config: str | None, overrides: list[str]):
     import warnings
 
     from benchmarks.bench_cli import cli_arguments
-    from experiments.cli import run_lightning
+    from experiments.lightning_cli import run_lightning
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
@@ -154,7 +154,7 @@ def format_table(records: list[dict[str, Any]], names: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.bench_cli import BenchError, run_names
     from datamodules.coco import DatasetError
-    from models.common.files import write_json_atomic
+    from datamodules.files import write_json_atomic
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", action="append", required=True, metavar="MODEL.yaml[,MORE.yaml]")

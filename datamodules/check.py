@@ -47,3 +47,20 @@ def check_dataset(image_dir: str, ann_file: str, strict: bool = False, progress:
         "empty_images": empty_images,
         "skipped": dict(sorted(dataset.skipped.items())),
     }
+
+
+def format_check_summary(summary: dict, where: str) -> str:
+    """`check_dataset`'s summary as aligned lines for a person; `where` names the dataset."""
+    lines = [
+        f"dataset        {where}",
+        f"images         {summary['images']}",
+        f"instances      {summary['instances']}  (crowd {summary['crowd']})",
+        f"categories     {summary['categories']}",
+        f"empty images   {summary['empty_images']}",
+    ]
+    skipped = summary["skipped"]
+    if skipped:
+        lines.append("skipped        " + ", ".join(f"{reason}: {n}" for reason, n in sorted(skipped.items())))
+    else:
+        lines.append("skipped        none")
+    return "\n".join(lines)

@@ -30,12 +30,9 @@ from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.v2 import functional as F
 
+from datamodules.errors import DatasetError
 from datamodules.sampler import GroupedBatchSampler, orientation_groups
 from datamodules.transforms import build_eval_transforms, build_train_transforms
-
-
-class DatasetError(ValueError):
-    """Bad dataset input. The message is one line naming the file, the record and the problem."""
 
 
 # Why an instance was left out of the targets: reason -> what it means. `dataset.skipped` counts these.

@@ -13,7 +13,8 @@ records and hands them to those engines.
 Conventions worth knowing:
   * segm results are evaluated WITHOUT their "bbox" field, so a detection's small/medium/large range comes from its
     mask area (detectron2 and the torchvision references do the same; pycocotools would otherwise use the box
-    area for masks too).
+    area for masks too). `evaluate_results_file(segm_area="box")` is plain pycocotools on a file as given instead:
+    records that carry both fields are ranged by their box area (SEGM_AREAS).
   * a prediction may carry `mask_scores` besides `scores`: segm is then ranked by `mask_scores` and bbox by `scores`
     (centermask2 scores boxes with sqrt(cls x ctr) and masks with that times the predicted mask IoU, and its COCO
     evaluator swaps in the records' "mask_score" for segm); without it both use `scores`.
@@ -48,6 +49,9 @@ IOU_TYPES = ("bbox", "segm")
 BACKENDS = ("auto", "pycocotools", "faster_coco_eval", "faster_coco_eval_exact")
 # The engines whose numbers equal pycocotools' to the last digit.
 EXACT_BACKENDS = ("pycocotools", "faster_coco_eval_exact")
+# How a segm detection's small/medium/large range is measured: "mask" (maskbench's and detectron2's: its mask area)
+# or "box" (plain pycocotools on a results file whose records carry both bbox and segmentation: the box area).
+SEGM_AREAS = ("mask", "box")
 # The 12 numbers of COCOeval.stats, in its order.
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 # "auto" must be exact. faster-coco-eval 1.8 alone gives the same IoUs, matches, recalls and scores as pycocotools,
@@ -174,8 +178,11 @@ def _faster_results_annotations(records: list[dict]) -> list[dict]:
         annotations = []
         for index, record in enumerate(records):
             x, y, w, h = record["bbox"]
+            # As loadRes: a record's own segmentation is kept (then ranged by the box area), a box-only one gets the
+            # box as a polygon.
+            polygon = [[x, y, x, y + h, x + w, y + h, x + w, y]]
             annotations.append({
-                **record, "segmentation": [[x, y, x, y + h, x + w, y + h, x + w, y]], "area": w * h,
+                **record, "segmentation": record.get("segmentation", polygon), "area": w * h,
                 "id": index + 1, "iscrowd": 0,
             })
         return annotations
@@ -306,6 +313,21 @@ def _non_ignored_ground_truth(coco_gt, params) -> np.ndarray:
     return counts
 
 
+def encode_prediction_masks(masks: Tensor, count: int, image_id: int) -> list[bytes]:
+    """A prediction's [K,H,W] bool/uint8 masks -> K compressed-RLE counts strings (bytes), exactly pycocotools'
+    encoding; `count` (K) and `image_id` check the shape and name the image in errors. Shared by the evaluator and
+    the results-file writer (experiments/results_writer.py), so both hold the same strings."""
+    if masks.dim() != 3 or masks.shape[0] != count:
+        raise ValueError(f"image_id {image_id}: masks must be [{count},H,W], got {tuple(masks.shape)}")
+    if masks.is_floating_point():
+        raise TypeError(f"image_id {image_id}: masks must be bool or 0/1 integers (threshold soft masks first)")
+    if count == 0:
+        return []
+    binary = masks if masks.dtype == torch.bool else masks != 0
+    # one byte per pixel crosses to the host (bool -> uint8 is a free view)
+    return encode_masks(binary.view(torch.uint8).cpu().numpy())
+
+
 class CocoEvaluator(Metric):
     """COCO bbox / segm AP of predictions against the dataset's own annotation file.
 
@@ -385,7 +407,7 @@ class CocoEvaluator(Metric):
         if "segm" in self.iou_types:
             if masks is None:
                 raise ValueError(f"image_id {image_id}: 'segm' evaluation needs prediction 'masks'")
-            rles = self._encode(masks.detach(), count, image_id)
+            rles = encode_prediction_masks(masks.detach(), count, image_id)
             self.rle_lengths.append(torch.tensor([len(r) for r in rles], dtype=torch.int64, device=self.device))
             blob = np.frombuffer(b"".join(rles), dtype=np.uint8).copy()
             self.rle_bytes.append(torch.from_numpy(blob).to(self.device))
@@ -396,19 +418,6 @@ class CocoEvaluator(Metric):
         self.boxes.append(boxes.to(device=self.device, dtype=torch.float32))
         self.scores.append(scores.to(device=self.device, dtype=torch.float32))
         self.labels.append(labels.to(device=self.device, dtype=torch.int64))
-
-    @staticmethod
-    def _encode(masks: Tensor, count: int, image_id: int) -> list[bytes]:
-        """[K,H,W] bool/uint8 masks -> K compressed-RLE counts strings (bytes), exactly pycocotools' encoding."""
-        if masks.dim() != 3 or masks.shape[0] != count:
-            raise ValueError(f"image_id {image_id}: masks must be [{count},H,W], got {tuple(masks.shape)}")
-        if masks.is_floating_point():
-            raise TypeError(f"image_id {image_id}: masks must be bool or 0/1 integers (threshold soft masks first)")
-        if count == 0:
-            return []
-        binary = masks if masks.dtype == torch.bool else masks != 0
-        # one byte per pixel crosses to the host (bool -> uint8 is a free view)
-        return encode_masks(binary.view(torch.uint8).cpu().numpy())
 
     @_collector_paused()
     def compute(self) -> dict[str, dict[str, float]]:
@@ -489,8 +498,9 @@ def _check_record(record: Any, index: int, source: str, coco_gt) -> None:
         raise DatasetError(f"{where}: image_id {record['image_id']!r} is not in the annotation file")
     if not _is_id(record["category_id"]) or record["category_id"] not in coco_gt.cats:
         raise DatasetError(f"{where}: category_id {record['category_id']!r} is not in the annotation file")
-    if not _is_number(record["score"]):
-        raise DatasetError(f"{where}: score must be a finite number, got {record['score']!r}")
+    for key in ("score", "bbox_score"):
+        if key in record and not _is_number(record[key]):
+            raise DatasetError(f"{where}: {key} must be a finite number, got {record[key]!r}")
     if "bbox" in record:
         bbox = record["bbox"]
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox)) and min(bbox[2:]) >= 0):
@@ -512,16 +522,24 @@ def evaluate_results_file(
     iou_types: Sequence[str] = IOU_TYPES,
     backend: str = "auto",
     verbose: bool = False,
+    segm_area: str = "mask",
 ) -> dict[str, dict[str, float]]:
     """COCO metrics of a standard results file (or its parsed list) over every image of `ann_file`.
 
-    Records are {"image_id", "category_id", "score", "bbox" [x,y,w,h], "segmentation" compressed RLE}. An iou type
-    is evaluated when requested and every record carries its field (bbox-only results give bbox only); a field
-    present on some records only, an unknown image/category id or a malformed record raises `DatasetError`
-    naming the file and the record index.
+    Records are {"image_id", "category_id", "score", "bbox" [x,y,w,h], "segmentation" compressed RLE}, optionally
+    "bbox_score" (a box score apart from the mask's, experiments/results_writer.py). An iou type is evaluated when
+    requested and every record carries its field (bbox-only results give bbox only); a field present on some
+    records only, an unknown image/category id or a malformed record raises `DatasetError` naming the file and the
+    record index.
+
+    `segm_area` (SEGM_AREAS): "mask" scores segm without the records' boxes, so small/medium/large come from mask
+    areas, and boxes by "bbox_score" where given, as the in-loop evaluator; "box" is plain pycocotools on the file
+    as given (every field of every record, "score" for both types): segm areas are then box areas.
     """
     iou_types = _check_iou_types(iou_types)
     backend = resolve_backend(backend)
+    if segm_area not in SEGM_AREAS:
+        raise ValueError(f"segm_area must be one of {SEGM_AREAS}, got {segm_area!r}")
     if isinstance(results_file_or_list, (str, os.PathLike)):
         source = os.fspath(results_file_or_list)
         results = _load_json(source, "results file")
@@ -545,12 +563,17 @@ def evaluate_results_file(
         raise DatasetError(f"{source}: no record has {' or '.join(repr(field_of[t]) for t in iou_types)} to evaluate")
 
     # Fresh dicts: loadRes writes "id"/"area"/"iscrowd" into the records it is given.
-    records = {
-        iou_type: [
-            {"image_id": r["image_id"], "category_id": r["category_id"], "score": r["score"],
-             field_of[iou_type]: r[field_of[iou_type]]}
-            for r in results
-        ]
-        for iou_type in evaluated
-    }
+    if segm_area == "box":
+        fields = ("image_id", "category_id", "score", "bbox", "segmentation")
+        records = {iou_type: [{key: r[key] for key in fields if key in r} for r in results] for iou_type in evaluated}
+    else:
+        score_of = {"bbox": "bbox_score", "segm": "score"}
+        records = {
+            iou_type: [
+                {"image_id": r["image_id"], "category_id": r["category_id"],
+                 "score": r.get(score_of[iou_type], r["score"]), field_of[iou_type]: r[field_of[iou_type]]}
+                for r in results
+            ]
+            for iou_type in evaluated
+        }
     return _run_cocoeval(coco_gt, records, None, backend, verbose)

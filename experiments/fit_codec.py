@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from models.common.files import atomic_path, write_text_atomic
+from datamodules.files import atomic_path, write_text_atomic
 
 DEFAULT_REPORT_COMPONENTS = [8, 16, 32, 60, 128]
 
@@ -34,7 +34,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workers", type=int, default=None,
                         help="DataLoader workers decoding masks (default: the data config's num_workers)")
     parser.add_argument("--report", action="store_true", help="also score reconstruction on the val masks")
-    parser.add_argument("--report-components", type=int, nargs="+", default=DEFAULT_REPORT_COMPONENTS, metavar="K")
+    parser.add_argument("--report-components", type=int, nargs="+", default=DEFAULT_REPORT_COMPONENTS, metavar="K",
+                        help="the K values --report scores")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(handler=run)
 

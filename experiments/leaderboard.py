@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from benchmarks.stats import half_width
+from datamodules.files import atomic_path, write_text_atomic
 from experiments import results as store
 
 # (column, how to read it from a record); AP as percentages.
@@ -156,7 +157,7 @@ def _input_text(record: dict) -> str:
 def _setting(record: dict) -> str:
     sweep = record.get("sweep")
     if sweep and sweep.get("point"):
-        from experiments.sweep import point_label
+        from experiments.results import point_label
 
         return point_label(_display(sweep))
     name = record.get("name")
@@ -415,7 +416,7 @@ def ablation_csv(items: list[AblationRow]) -> str:
     writer = csv.writer(out)
     writer.writerow(["sweep", "device", "setting", "baseline", "seeds"]
                     + [h for c in ABLATION_COLUMNS for h in (c, f"{c} std", f"delta {c}", f"within noise {c}")])
-    from experiments.sweep import point_label
+    from experiments.results import point_label
 
     for item in items:
         cells = [item.sweep, item.device, point_label(_display(item.row.sweep)), int(item.is_baseline),
@@ -507,8 +508,6 @@ def plot(rows: list[Row], path: Path) -> Path | None:
                 unique[text] = Line2D([], [], marker="o", linestyle="none", color="grey", **style)
         ax.legend(unique.values(), unique.keys(), fontsize=8, loc="best")
     figure.tight_layout()
-    from models.common.files import atomic_path  # not at the top: importing `models` loads torch and every model
-
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     plt.close(figure)
@@ -540,8 +539,6 @@ def write_leaderboard(results: Sequence[str | os.PathLike], out_dir: str | os.Pa
     if failed:
         parts.append(failed)
     text = "\n\n".join(parts) + "\n"
-    from models.common.files import write_text_atomic  # not at the top: importing `models` loads torch
-
     write_text_atomic(out_dir / "leaderboard.md", text)
     write_text_atomic(out_dir / "leaderboard.csv", leaderboard_csv(rows))
     if ablation:

@@ -16,14 +16,9 @@ import argparse
 import time
 from pathlib import Path
 
-from experiments.cli import QUICKSTART_DIR, REPO_ROOT, format_check_summary
-from experiments.run import (
-    BenchmarkSettings,
-    add_benchmark_arguments,
-    add_output_arguments,
-    benchmark_settings,
-    run_experiment,
-)
+from benchmarks.settings import BenchmarkSettings, add_benchmark_arguments, benchmark_settings
+from experiments.paths import QUICKSTART_DIR, REPO_ROOT
+from experiments.run import add_output_arguments, run_experiment
 
 RESULTS_DEFAULT = "results/quickstart"
 BENCHMARK_DEFAULTS = BenchmarkSettings(warmup=3, iters=20)
@@ -84,7 +79,7 @@ def quickstart(
 
 
 def _print_dataset_summary() -> None:
-    from datamodules.check import check_dataset
+    from datamodules.check import check_dataset, format_check_summary
     from datamodules.coco import CocoDataModule
 
     image_dir, ann_file = CocoDataModule().split_paths("val")  # the embedded default, generated on first use

@@ -36,9 +36,13 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
+from datamodules.files import write_json_atomic
+
 RECORD_SCHEMA = 1
 RECORDS_DIR = "records"
 RUNS_DIR = "runs"
+# The sweep axis whose values are config files (experiments.sweep), shown by file name in labels.
+CONFIG_AXIS = "config"
 STATUSES = ("ok", "failed")
 COCO_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 IOU_TYPES = ("bbox", "segm")
@@ -147,8 +151,6 @@ def run_dir(results_dir: str | os.PathLike, run_id: str) -> Path:
 
 def write_record(results_dir: str | os.PathLike, record: dict[str, Any]) -> Path:
     """Validate and write `record` atomically (temporary file + rename): a crash leaves the old file or none."""
-    from models.common.files import write_json_atomic  # the project's one atomic writer
-
     check_record(record, where=f"record of run {record.get('run_id')!r}")
     path = record_path(results_dir, record["run_id"])
     write_json_atomic(path, record)
@@ -238,3 +240,10 @@ def git_revision(repo: str | os.PathLike) -> dict[str, Any]:
     revision = git("rev-parse", "HEAD")
     status = git("status", "--porcelain", "--untracked-files=no") if revision else None
     return {"revision": revision, "dirty": bool(status) if status is not None else None}
+
+
+def point_label(display: dict[str, str]) -> str:
+    """`mask_resolution=14 nms=fast` from a point's display values: the last part of each dotted axis; a config
+    axis by its file name alone."""
+    return " ".join(value if axis == CONFIG_AXIS else f"{axis.rsplit('.', 1)[-1]}={value}"
+                    for axis, value in display.items())

@@ -6,7 +6,9 @@
 
 One run = `maskbench fit` of the configs (the same LightningCLI, so the overrides are its dotted options) -> COCO
 evaluation of the trained weights on the val split -> the speed protocol (benchmarks.speed) on val images -> one
-JSON record in RESULTS/records/<run_id>.json (experiments.results), written atomically.
+JSON record in RESULTS/records/<run_id>.json (experiments.results), written atomically. The detections of the final
+validation are kept as a standard COCO results file, RESULTS/runs/<run_id>/results.json (`maskbench eval-json`
+reads it back).
 
 A run whose record exists with status "ok" is skipped (--force runs it again from scratch); a failed run is
 recorded with its error and exit status 1; an interrupted run resumes, the next time it is started, from its
@@ -21,46 +23,24 @@ logger always writes the curves to RUNS/<run_id>/logs.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import os
 import shutil
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
+from benchmarks.settings import BenchmarkSettings, add_benchmark_arguments, benchmark_settings
 from experiments import results as store
+from experiments.paths import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 WANDB_MODES = ("offline", "online", "off")
 WANDB_PROJECT = "maskbench"
-
-
-@dataclass(frozen=True)
-class BenchmarkSettings:
-    """The speed protocol's settings for a run (benchmarks.speed.benchmark); device "auto" = the GPU when present."""
-
-    warmup: int = 10
-    iters: int = 100
-    precision: str = "32"
-    batch_size: int = 1
-    channels_last: bool = False
-    compile: bool = False
-    breakdown: bool = True
-    device: str = "auto"
-
-    def resolved(self) -> "BenchmarkSettings":
-        """With "auto" replaced by the device it means in this process."""
-        if self.device != "auto":
-            return self
-        import torch
-
-        return BenchmarkSettings(**{**asdict(self), "device": "cuda" if torch.cuda.is_available() else "cpu"})
+RESULTS_FILE = "results.json"  # the run's COCO results file (experiments/results_writer.py), in its run folder
 
 
 # ----------------------------------------------------------------------------------------------- the run
@@ -145,8 +125,11 @@ def run_experiment(
     wandb_run = None
     is_global_zero = True
     try:
+        from experiments.results_writer import CocoResultsWriter
+
         cli = _build(config_files, pairs, seed, directory, label, run_id, sweep, wandb)
         trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
+        trainer.callbacks.append(CocoResultsWriter(directory / RESULTS_FILE))
         is_global_zero = trainer.is_global_zero
         wandb_run = _wandb_experiment(trainer)
         record.update(_describe(cli))
@@ -155,7 +138,8 @@ def run_experiment(
         metrics, metrics_step = _evaluate(trainer, model, datamodule, training["monitor"])
         del training["monitor"]
         record.update(metrics=metrics, metrics_step=metrics_step)
-        record["paths"].update(log_dir=trainer.log_dir, checkpoint=_last_checkpoint(directory))
+        record["paths"].update(log_dir=trainer.log_dir, checkpoint=_last_checkpoint(directory),
+                               results_json=str(directory / RESULTS_FILE))
         if not is_global_zero:
             record["status"] = "ok"  # this process's share (training, evaluation) is done; rank 0 writes the record
             return record
@@ -199,7 +183,7 @@ def summary_line(record: dict[str, Any]) -> str:
 
 def _build(config_files, pairs, seed, directory: Path, label: str, run_id: str, sweep, wandb: str):
     """LightningCLI of `maskbench fit` with the run's loggers and checkpointing, instantiated but not run."""
-    from experiments.cli import run_lightning
+    from experiments.lightning_cli import run_lightning
 
     loggers = [{"class_path": "lightning.pytorch.loggers.CSVLogger",
                 "init_args": {"save_dir": str(directory), "name": "logs"}}]
@@ -222,33 +206,8 @@ def _build(config_files, pairs, seed, directory: Path, label: str, run_id: str, 
         f"--trainer.logger={json.dumps(loggers)}",
         f"--trainer.callbacks+={json.dumps(checkpoint)}",
     ]
-    # jsonargparse reports a bad option or value on stderr and exits: keep the message for the record.
-    captured = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(_Tee(sys.stderr, captured)):
-            return run_lightning(argv, run=False)
-    except SystemExit as exit_:
-        raise ValueError(_configuration_error(captured.getvalue(), exit_.code)) from None
-
-
-def _configuration_error(stderr: str, code: Any) -> str:
-    """jsonargparse's error block as a message whose first line says what is wrong: the first entry of its
-    "Errors:" list (with its continuation line) or else its "error:" line."""
-    lines = stderr.rstrip().splitlines()
-    start = next((i for i, line in enumerate(lines) if line.startswith("error:")), None)
-    if start is None:
-        return f"invalid configuration (exit status {code})" + ("\n" + lines[-1] if lines else "")
-    block = lines[start:]
-    summary = block[0][len("error:"):].strip()
-    bullets = [i for i, line in enumerate(block) if line.strip().startswith("- ")]
-    if bullets:
-        first = bullets[0]
-        summary = block[first].strip()[2:]
-        indent = len(block[first]) - len(block[first].lstrip())
-        follow = block[first + 1] if first + 1 < len(block) else ""
-        if follow.strip() and not follow.strip().startswith("- ") and len(follow) - len(follow.lstrip()) > indent:
-            summary += " " + follow.strip()
-    return f"invalid configuration: {summary}\n" + "\n".join(block)
+    # A configuration that cannot be built raises ConfigurationError (one line naming the option): recorded as is.
+    return run_lightning(argv, run=False)
 
 
 def _describe(cli) -> dict[str, Any]:
@@ -332,14 +291,18 @@ def _evaluate(trainer, model, datamodule, monitor) -> tuple[dict[str, dict[str, 
 
 
 def _benchmark(model, datamodule, settings: BenchmarkSettings) -> dict[str, Any]:
+    from benchmarks.progress import call_progress, expected_calls
     from benchmarks.speed import benchmark, load_val_images
 
     images = load_val_images(datamodule, min(settings.iters * settings.batch_size, 200))
-    return benchmark(
-        model, images, device=settings.device, precision=settings.precision, batch_size=settings.batch_size,
-        warmup=settings.warmup, iters=settings.iters, channels_last=settings.channels_last, compile=settings.compile,
-        breakdown=settings.breakdown,
-    )
+    total = expected_calls(1, warmup=settings.warmup, iters=settings.iters, flops_images=5,
+                           breakdown=settings.breakdown)
+    with call_progress([model], total, "benchmark (model calls)"):
+        return benchmark(
+            model, images, device=settings.device, precision=settings.precision, batch_size=settings.batch_size,
+            warmup=settings.warmup, iters=settings.iters, channels_last=settings.channels_last,
+            compile=settings.compile, breakdown=settings.breakdown,
+        )
 
 
 def _resume_checkpoint(directory: Path) -> str | None:
@@ -420,28 +383,10 @@ def _log_record_to_wandb(run, record: dict[str, Any], path: Path) -> None:
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-class _Tee(io.TextIOBase):
-    def __init__(self, *streams):
-        self.streams = streams
-
-    def write(self, text: str) -> int:
-        for stream in self.streams:
-            stream.write(text)
-        return len(text)
-
-    def flush(self) -> None:
-        for stream in self.streams:
-            stream.flush()
-
-
 def _error_text(err: BaseException, tail_lines: int = 12) -> str:
     """A one-line summary (what tables show), then the message and the traceback's tail."""
     message = str(err)
-    lines = message.splitlines() or [""]
-    # jsonargparse wraps a constructor's own error in "Does not validate against any of the Union subtypes ...
-    # Errors:\n  - <the constructor's message>": the bullet is the informative line.
-    bullets = [line.strip()[2:] for line in lines if line.strip().startswith("- ")]
-    summary = bullets[0] if "Union subtypes" in lines[0] and bullets else lines[0]
+    summary = (message.splitlines() or [""])[0]  # a ConfigurationError's one line names the option already
     trace = "".join(traceback.format_exception(type(err), err, err.__traceback__)).strip().splitlines()
     return f"{type(err).__name__}: {summary}\n{message}\n" + "\n".join(trace[-tail_lines:])
 
@@ -456,63 +401,17 @@ def _now() -> str:
 def add_output_arguments(parser: argparse.ArgumentParser, results_default: str) -> None:
     """Options shared by `run`, `sweep` and `quickstart`: where results go, re-running, wandb."""
     parser.add_argument("--results", default=results_default,
-                        help=f"results folder: records/, runs/, leaderboard/ (default {results_default})")
+                        help="results folder: records/, runs/, leaderboard/")
     parser.add_argument("--force", action="store_true", help="run again even where a record exists")
     parser.add_argument("--wandb", choices=WANDB_MODES, default="offline",
-                        help="wandb logging: offline (default; `wandb sync` later), online, or off")
+                        help="wandb logging: offline (`wandb sync` later), online, or off")
     parser.add_argument("--no-wandb", dest="wandb", action="store_const", const="off", help="same as --wandb off")
 
 
-def add_benchmark_arguments(parser: argparse.ArgumentParser, defaults: BenchmarkSettings = BenchmarkSettings()) -> None:
-    bench = parser.add_argument_group("speed benchmark (benchmarks.speed)")
-    bench.add_argument("--bench-warmup", type=int, default=defaults.warmup, help="untimed calls per pass")
-    bench.add_argument("--bench-iters", type=int, default=defaults.iters, help="timed calls per pass")
-    bench.add_argument("--bench-precision", choices=("32", "16", "bf16"), default=defaults.precision)
-    bench.add_argument("--bench-batch-size", type=int, default=defaults.batch_size)
-    bench.add_argument("--bench-channels-last", action="store_true", default=defaults.channels_last)
-    bench.add_argument("--bench-compile", action="store_true", default=defaults.compile)
-    bench.add_argument("--bench-no-breakdown", dest="bench_breakdown", action="store_false",
-                       default=defaults.breakdown, help="skip the per-stage timing pass")
-    bench.add_argument("--bench-device", default=defaults.device, help="auto (the GPU when present), cpu, cuda")
-
-
-def benchmark_settings(args: argparse.Namespace) -> BenchmarkSettings:
-    return BenchmarkSettings(
-        warmup=args.bench_warmup, iters=args.bench_iters, precision=args.bench_precision,
-        batch_size=args.bench_batch_size, channels_last=args.bench_channels_last, compile=args.bench_compile,
-        breakdown=args.bench_breakdown, device=args.bench_device,
-    )
-
-
-def benchmark_arguments(settings: BenchmarkSettings) -> list[str]:
-    """`settings` as `maskbench run` options (what a sweep passes to each run process)."""
-    tokens = [f"--bench-warmup={settings.warmup}", f"--bench-iters={settings.iters}",
-              f"--bench-precision={settings.precision}", f"--bench-batch-size={settings.batch_size}",
-              f"--bench-device={settings.device}"]
-    if settings.channels_last:
-        tokens.append("--bench-channels-last")
-    if settings.compile:
-        tokens.append("--bench-compile")
-    if not settings.breakdown:
-        tokens.append("--bench-no-breakdown")
-    return tokens
-
-
-class PassThroughParser(argparse.ArgumentParser):
-    """An argparse parser that hands the options it does not know (the Lightning overrides) to `overrides`
-    instead of rejecting them, keeping their order."""
-
-    def parse_known_args(self, args=None, namespace=None):
-        namespace, unknown = super().parse_known_args(args, namespace)
-        namespace.overrides = list(getattr(namespace, "overrides", None) or []) + unknown
-        return namespace, []
-
-
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.__class__ = PassThroughParser  # the sub-parser argparse made for this verb, now passing overrides on
     parser.add_argument("--config", action="append", required=True,
                         help="LightningCLI config file (repeatable, applied in order)")
-    parser.add_argument("--seed", type=int, default=0, help="seed_everything value (default 0)")
+    parser.add_argument("--seed", type=int, default=0, help="seed_everything value")
     parser.add_argument("--name", default=None, help="a label for tables (default: the run id)")
     # Set by `maskbench sweep` for the runs it launches: {name, point, baseline} as JSON.
     parser.add_argument("--sweep-context", default=None, help=argparse.SUPPRESS)
@@ -520,7 +419,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_benchmark_arguments(parser)
     parser.epilog = ("Any other --key value is a LightningCLI override, as for `maskbench fit` "
                      "(e.g. --model.init_args.lr 0.01 --trainer.max_steps 1000 --data.root /data/coco).")
-    parser.set_defaults(handler=_run_command, overrides=[])
+    # `maskbench` hands the options this parser does not know to `overrides` (experiments/cli.py).
+    parser.set_defaults(handler=_run_command, overrides=[], passes_overrides=True)
 
 
 def _run_command(args: argparse.Namespace) -> int:

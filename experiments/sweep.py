@@ -49,15 +49,12 @@ from typing import Any
 
 import yaml
 
+from benchmarks.settings import BenchmarkSettings, benchmark_arguments
 from experiments import results as store
-from experiments.run import (
-    BenchmarkSettings,
-    REPO_ROOT,
-    add_output_arguments,
-    benchmark_arguments,
-)
+from experiments.paths import REPO_ROOT
+from experiments.results import CONFIG_AXIS, point_label
+from experiments.run import add_output_arguments
 
-CONFIG_AXIS = "config"
 RESULTS_DEFAULT = "results/<sweep name>"
 SWEEP_KEYS = {"name", "description", "configs", "overrides", "grid", "seeds", "baseline", "benchmark", "slurm"}
 SLURM_DEFAULTS = {
@@ -242,13 +239,6 @@ def plan(sweep: Sweep) -> list[PlannedRun]:
     return runs
 
 
-def point_label(display: dict[str, str]) -> str:
-    """`mask_resolution=14 nms=fast` from a point's display values: the last part of each dotted axis; a config
-    axis by its file name alone."""
-    return " ".join(value if axis == CONFIG_AXIS else f"{axis.rsplit('.', 1)[-1]}={value}"
-                    for axis, value in display.items())
-
-
 def run_command(sweep: Sweep, run: PlannedRun, results_dir: Path, wandb: str, force: bool) -> list[str]:
     """The `maskbench run` command line of one planned run."""
     command = [sys.executable, "-m", "experiments.cli", "run"]
@@ -392,11 +382,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("sweep", help="sweep YAML file (see experiments/sweeps/)")
     add_output_arguments(parser, RESULTS_DEFAULT)
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their state; run nothing")
-    parser.add_argument("--launcher", choices=("local", "slurm"), default="local")
+    parser.add_argument("--launcher", choices=("local", "slurm"), default="local",
+                        help="local: the runs one after another here; slurm: write (and with --submit, submit) an "
+                        "sbatch job array")
     slurm = parser.add_argument_group("--launcher slurm (defaults from the sweep file's `slurm:` section)")
     slurm.add_argument("--submit", action="store_true", help="call sbatch on the script it writes")
-    for key in SLURM_DEFAULTS:
-        slurm.add_argument(f"--{key.replace('_', '-')}", dest=f"slurm_{key}", default=None)
+    for key, default in SLURM_DEFAULTS.items():
+        slurm.add_argument(f"--{key.replace('_', '-')}", dest=f"slurm_{key}", default=None,
+                           help=f"overrides the sweep file's slurm.{key} (built-in default: {default})")
     parser.set_defaults(handler=_sweep_command)
 
 

@@ -1,27 +1,27 @@
 """Prediction overlays as PNG files, so a person can see what a model does.
 
-    maskbench predict --config MODEL.yaml --ckpt_path CKPT --visualize OUT_DIR [--score-thresh 0.3]
+    maskbench predict --config MODEL.yaml --ckpt_path CKPT --visualize OUT_DIR [--score_thresh 0.3]
                       [--trainer.limit_predict_batches 5]
 
-`--visualize OUT_DIR` adds a PredictionOverlayWriter callback to Lightning's predict: for every predicted image it
-writes OUT_DIR/<image_id>.png, the ground truth on the left and the detections (score >= threshold) on the
-right: masks filled with one colour per class (torchvision's draw_segmentation_masks), boxes with
-"class score" labels (draw_bounding_boxes).
+`--visualize OUT_DIR` (an option of `maskbench predict`, experiments/lightning_cli.py) adds a PredictionOverlayWriter
+to Lightning's predict: for every predicted image it writes OUT_DIR/<image_id>.png, the ground truth on the left and
+the detections (score >= threshold) on the right: masks filled with one colour per class (torchvision's
+draw_segmentation_masks), boxes with "class score" labels (draw_bounding_boxes). Written batch by batch: nothing
+is kept.
 """
 from __future__ import annotations
 
 import colorsys
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import Tensor
 from torchvision.io import write_png
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
-from models.common.files import atomic_path
+from datamodules.files import atomic_path
 
 GAP = 4  # px of white between the two panels
 MASK_ALPHA = 0.45
@@ -83,12 +83,13 @@ def _zoom(tensor: Tensor, factor: int) -> Tensor:
     return tensor.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
 
 
-class PredictionOverlayWriter(Callback):
+class PredictionOverlayWriter(BasePredictionWriter):
     """Writes OUT_DIR/<image_id>.png for every image Lightning's predict loop runs (see the module doc)."""
 
     def __init__(self, out_dir: str, score_thresh: float = 0.3):
         if not 0 <= score_thresh <= 1:
-            raise ValueError(f"score_thresh must lie in [0, 1], got {score_thresh}")
+            raise ValueError(f"--score_thresh must lie in [0, 1], got {score_thresh}")
+        super().__init__(write_interval="batch")
         self.out_dir = Path(out_dir)
         self.score_thresh = score_thresh
         self.written: list[Path] = []
@@ -96,7 +97,7 @@ class PredictionOverlayWriter(Callback):
     def on_predict_start(self, trainer, pl_module) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
 
-    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+    def write_on_batch_end(self, trainer, pl_module, outputs, batch_indices, batch, batch_idx, dataloader_idx) -> None:
         images, targets = batch
         datamodule = trainer.datamodule
         class_names = list(getattr(datamodule, "class_names", None) or [])
@@ -109,42 +110,3 @@ class PredictionOverlayWriter(Callback):
             with atomic_path(path) as tmp:
                 write_png(picture, str(tmp))
             self.written.append(path)
-
-
-def visualize_args(argv: Sequence[str]) -> list[str]:
-    """`predict` arguments with `--visualize DIR` [`--score-thresh T`] turned into the callback's LightningCLI
-    option; other arguments are returned unchanged."""
-    out: list[str] = []
-    out_dir: str | None = None
-    score_thresh: float | None = None
-    index = 0
-    argv = list(argv)
-    while index < len(argv):
-        token = argv[index]
-        for flag in ("--visualize", "--score-thresh"):
-            if token == flag or token.startswith(flag + "="):
-                if "=" in token:
-                    value = token.split("=", 1)[1]
-                    index += 1
-                elif index + 1 < len(argv):
-                    value = argv[index + 1]
-                    index += 2
-                else:
-                    raise SystemExit(f"error: {flag} needs a value")
-                if flag == "--visualize":
-                    out_dir = value
-                else:
-                    score_thresh = float(value)
-                break
-        else:
-            out.append(token)
-            index += 1
-    if out_dir is None:
-        if score_thresh is not None:
-            raise SystemExit("error: --score-thresh only applies with --visualize OUT_DIR")
-        return out
-    init_args: dict[str, Any] = {"out_dir": out_dir}
-    if score_thresh is not None:
-        init_args["score_thresh"] = score_thresh
-    callback = {"class_path": f"{__name__}.PredictionOverlayWriter", "init_args": init_args}
-    return out + [f"--trainer.callbacks+={json.dumps(callback)}"]

@@ -27,7 +27,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from models.common.files import write_json_atomic
+from datamodules.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -212,18 +212,19 @@ class InstanceSegmentationModule(L.LightningModule, ABC):
         optimizer.step(closure=closure_dropping_nonfinite)
         self.log("train/skipped_steps", float(self.skipped_steps))
 
-    def validation_step(self, batch: tuple[list[Tensor], list[dict]], batch_idx: int) -> None:
-        self._evaluation_step(batch, "val")
+    def validation_step(self, batch: tuple[list[Tensor], list[dict]], batch_idx: int) -> list[dict[str, Tensor]]:
+        """The batch's predictions, returned for callbacks (the COCO results-file writer); Lightning keeps none."""
+        return self._evaluation_step(batch, "val")
 
-    def test_step(self, batch: tuple[list[Tensor], list[dict]], batch_idx: int) -> None:
-        self._evaluation_step(batch, "test")
+    def test_step(self, batch: tuple[list[Tensor], list[dict]], batch_idx: int) -> list[dict[str, Tensor]]:
+        return self._evaluation_step(batch, "test")
 
     def predict_step(self, batch: tuple[list[Tensor], list[dict]], batch_idx: int) -> list[dict[str, Any]]:
         """Predictions of a (images, targets) batch, each with the target's `image_id` added."""
         images, targets = batch
         return [{**pred, "image_id": target["image_id"]} for pred, target in zip(self(images), targets)]
 
-    def _evaluation_step(self, batch: tuple[list[Tensor], list[dict]], stage: str) -> None:
+    def _evaluation_step(self, batch: tuple[list[Tensor], list[dict]], stage: str) -> list[dict[str, Tensor]]:
         images, targets = batch
         preds, losses = self.predict_and_losses(images, targets)
         total = self._total_loss(losses)
@@ -232,6 +233,7 @@ class InstanceSegmentationModule(L.LightningModule, ABC):
         self.log_dict(values, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(images))
         if stage in self._evaluators:
             self._evaluators[stage].update(preds, targets)
+        return preds
 
     def _total_loss(self, losses: dict[str, Tensor]) -> Tensor:
         if not losses:

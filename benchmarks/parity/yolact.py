@@ -94,7 +94,7 @@ from torchvision.io import ImageReadMode, read_image
 
 import models.yolact.postprocess as our_postprocess
 from datamodules.synthetic import synthetic_root
-from models.common.files import write_json_atomic
+from datamodules.files import write_json_atomic
 from models.yolact import YOLACT
 from models.yolact.model import RESNET_MEAN, RESNET_STD
 from models.yolact.convert import (

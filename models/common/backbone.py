@@ -77,6 +77,9 @@ def freeze_norm(module: nn.Module) -> nn.Module:
 
 
 def _create(name: str, out_indices: list[int], pretrained: bool, pretrained_path: str | None) -> nn.Module:
+    if ":" not in name and not timm.is_model(name):  # hf-hub:/local-dir: names are resolved by timm itself
+        raise ValueError(f"backbone {name!r} is not a timm model name: set the model's backbone to one that "
+                         f"timm.list_models() lists (e.g. resnet50, resnet10t)")
     kwargs = dict(features_only=True, out_indices=tuple(out_indices))
     if not pretrained:
         return timm.create_model(name, pretrained=False, **kwargs)

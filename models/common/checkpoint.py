@@ -9,7 +9,7 @@ import lightning
 import torch
 from lightning import LightningModule
 
-from models.common.files import atomic_path
+from datamodules.files import atomic_path
 
 
 def save_converted_checkpoint(model: LightningModule, out_path: str, class_path: str) -> str:

@@ -31,7 +31,7 @@ import torch
 from scipy.fft import dct
 from torch import Tensor, nn
 
-from models.common.files import atomic_path
+from datamodules.files import atomic_path
 from models.common.masks import crop_and_resize_masks
 
 CODEC_KINDS = ("pca", "dct")

@@ -218,11 +218,18 @@ class ISTR(InstanceSegmentationModule):
 
     def setup(self, stage: str) -> None:
         """At the start of `fit`, fit the PCA codec on the training split when none was loaded (module docstring)."""
-        if stage != "fit" or not isinstance(self.codec, PCAMaskCodec) or bool(self.codec.ready):
-            return
+        if stage == "fit":
+            self.prepare_codec(self.trainer.datamodule, self.trainer)
+
+    def prepare_codec(self, datamodule, trainer=None) -> str | None:
+        """Load the PCA codec fitted on `datamodule`'s training split (fitting and caching it first if no file
+        exists) when none is loaded yet; returns the file loaded, None when nothing had to be (a DCT codec, or a
+        codec already in place). Under a `trainer`, only global rank 0 fits and the others wait for it. Also what
+        `maskbench bench` calls to time a config that names no codec file."""
+        if not isinstance(self.codec, PCAMaskCodec) or bool(self.codec.ready):
+            return None
         from models.istr.codec_data import cached_codec_path, ensure_codec_file  # the data stack, only when fitting
 
-        datamodule = self.trainer.datamodule
         if datamodule is None or not hasattr(datamodule, "split_paths"):
             raise CodecError(
                 "ISTR: no mask codec and no datamodule with split_paths() to fit one on: give model.codec_path "
@@ -231,12 +238,14 @@ class ISTR(InstanceSegmentationModule):
         image_dir, ann_file = datamodule.split_paths("train")
         hp = self.hparams
         path = hp.codec_path or str(cached_codec_path(ann_file, hp.codec_components, hp.codec_mask_size, hp.codec_seed))
-        if self.trainer.is_global_zero:
+        if trainer is None or trainer.is_global_zero:
             workers = int(getattr(datamodule, "hparams", {}).get("num_workers", 0))
             ensure_codec_file(path, image_dir, ann_file, hp.codec_components, hp.codec_mask_size, hp.codec_seed,
                               workers)
-        self.trainer.strategy.barrier("istr-codec")
+        if trainer is not None:
+            trainer.strategy.barrier("istr-codec")
         self.codec.load_file(path)
+        return path
 
 
 def initial_proposals(num_queries: int, kind: str = "image") -> Tensor:

@@ -42,6 +42,11 @@ def test_run_writes_a_complete_record_then_skips_it(blob_config, tmp_path, capsy
     assert record["dataset"]["num_classes"] == 6 and record["dataset"]["val_ann"].endswith("instances_val2017.json")
     assert record["git"]["revision"] is None or len(record["git"]["revision"]) == 40
     assert Path(record["paths"]["checkpoint"]).name == "last.ckpt"
+    # The final validation's detections, as a COCO results file in the run folder, score to the recorded numbers.
+    from datamodules.evaluation import evaluate_results_file
+
+    rescored = evaluate_results_file(record["dataset"]["val_ann"], record["paths"]["results_json"])
+    assert rescored == record["metrics"]
     assert path.name == f"{record['run_id']}.json"
 
     # Same settings again: the record is found, nothing is trained (the file is not rewritten).
@@ -81,7 +86,7 @@ def test_a_bad_option_is_a_failed_record_naming_it(blob_config, tmp_path, capsys
     (record,) = store.load_records([results])
     assert record["status"] == "failed"
     first_line = record["error"].splitlines()[0]  # what tables and the sweep's progress show
-    assert first_line.startswith("ValueError: invalid configuration: ")
+    assert first_line.startswith("ConfigurationError: invalid --model (tests.experiments.blob_model.BlobModel): ")
     assert "'no_such_option' is not accepted" in first_line
 
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from experiments import results as store
-from experiments.cli import build_parser, main
+from experiments.cli import main, parse_command
 from experiments.run import benchmark_settings
 from experiments.sweep import SweepError, load_sweep, plan
 from tests.experiments.conftest import REPO_ROOT
@@ -175,7 +175,7 @@ def test_slurm_launcher_writes_a_job_array_over_unfinished_runs(tmp_path, blob_c
     for run, line in zip(runs[1:], commands):
         argv = shlex.split(line)
         assert argv[1:5] == ["-m", "experiments.cli", "run", "--config"]
-        args = build_parser().parse_args(argv[3:])
+        args = parse_command(argv[3:])
         settings = store.identity(args.config, store.parse_overrides(args.overrides), args.seed,
                                   asdict(benchmark_settings(args)))
         assert store.run_ids(settings)[0] == run.run_id

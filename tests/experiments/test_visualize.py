@@ -2,12 +2,11 @@
 `maskbench predict --visualize OUT_DIR` writing one PNG per image."""
 import json
 
-import pytest
 import torch
 from torchvision.io import decode_png, read_file
 
 from experiments.cli import main
-from experiments.visualize import GAP, MIN_SIDE, class_colours, overlay, visualize_args
+from experiments.visualize import GAP, MIN_SIDE, class_colours, overlay
 
 
 def square_mask(size, top, left, side):
@@ -48,19 +47,6 @@ def test_overlay_draws_truth_left_and_confident_detections_right():
 def _closest(rgb, colours):
     blended = [(0.45 * torch.tensor(c) + 0.55 * 128) for c in colours]
     return min(range(len(colours)), key=lambda i: float((rgb.float() - blended[i]).abs().sum()))
-
-
-def test_visualize_args_become_the_callback_option():
-    argv = visualize_args(["predict", "--config", "x.yaml", "--visualize", "out", "--score-thresh=0.2"])
-    assert argv[:3] == ["predict", "--config", "x.yaml"]
-    option = argv[3]
-    assert option.startswith("--trainer.callbacks+=")
-    callback = json.loads(option.split("=", 1)[1])
-    assert callback == {"class_path": "experiments.visualize.PredictionOverlayWriter",
-                        "init_args": {"out_dir": "out", "score_thresh": 0.2}}
-    assert visualize_args(["predict", "--config", "x.yaml"]) == ["predict", "--config", "x.yaml"]
-    with pytest.raises(SystemExit):
-        visualize_args(["predict", "--score-thresh", "0.2"])
 
 
 def test_predict_visualize_writes_one_png_per_val_image(blob_config, padded_synthetic_root, tmp_path):

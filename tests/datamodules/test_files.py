@@ -1,4 +1,4 @@
-"""The one atomic writer (models/common/files.py) and the writers that go through it: old content or new, never half,
+"""The one atomic writer (datamodules/files.py) and the writers that go through it: old content or new, never half,
 no temporary file left, and the umask's permissions (a team's shared results folder stays readable)."""
 import json
 import os
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from models.common.checkpoint import save_converted_checkpoint
-from models.common.files import atomic_path, write_json_atomic, write_text_atomic
+from datamodules.files import atomic_path, write_json_atomic, write_text_atomic
 from tests.models.tiny_model import TinyInstanceModel
 
 
