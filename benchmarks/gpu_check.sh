@@ -32,9 +32,11 @@ if compgen -G ".whl/*.whl" > /dev/null; then  # into a folder of its own, never 
     .whl/*.whl || { echo "error: installing the wheels in .whl/ failed" >&2; exit 2; }
   export PYTHONPATH=/tmp/maskbench-site${PYTHONPATH:+:$PYTHONPATH}
 fi
-# No network on the GPU machine: no build isolation (setuptools comes from the image) and no dependencies.
+# No network on the GPU machine: no dependencies, and no build isolation (the image's setuptools and wheel build
+# the editable install); where those are too old, an isolated build (needs an index) is the second try.
 if [ $install = 1 ]; then
-  python3 -m pip install -q --no-deps --no-build-isolation -e . \
+  python3 -m pip install -q --no-deps --no-build-isolation -e . 2>/dev/null \
+    || python3 -m pip install -q --no-deps -e . \
     || echo "warning: pip install --no-deps -e . failed; running from the source tree (PYTHONPATH)" >&2
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
