@@ -188,14 +188,16 @@ def _download(name: str, looked_in: list[str]) -> str:
     try:
         if cfg.hf_hub_id:
             from huggingface_hub import hf_hub_download
-            from huggingface_hub.errors import EntryNotFoundError
+            from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
             filenames = _hub_filenames(cfg)
             for filename in filenames:  # timm's order: safetensors first, the pickled file where there is none
                 try:
                     return hf_hub_download(cfg.hf_hub_id, filename)
-                except EntryNotFoundError:
-                    if filename == filenames[-1]:
+                except EntryNotFoundError as err:
+                    # Only "no such file on the hub" tries the next name; unreachable (the Local... subclass) ends
+                    # here instead of waiting through the hub client's retries twice.
+                    if isinstance(err, LocalEntryNotFoundError) or filename == filenames[-1]:
                         raise
         return timm.models._hub.download_cached_file(cfg.url, progress=True)
     except Exception as err:  # noqa: BLE001 — every failure (offline, proxy, 404) ends in the same advice

@@ -144,14 +144,17 @@ def test_missing_weights_are_downloaded_into_the_cache_once(empty_caches, monkey
 
 def test_a_failed_download_is_the_missing_weights_error(empty_caches, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    calls = []
 
-    def unreachable(*args, **kwargs):
-        raise OSError("Network is unreachable")
+    def unreachable(repo_id, filename, **kwargs):
+        calls.append(filename)
+        raise huggingface_hub.errors.LocalEntryNotFoundError("Network is unreachable")
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
-    with pytest.raises(FileNotFoundError, match="no weights are cached.*downloading failed \\(OSError: Network is "
-                                                "unreachable\\).*pretrained_path"):
+    with pytest.raises(FileNotFoundError, match="no weights are cached.*downloading failed \\(LocalEntryNotFoundError: "
+                                                "Network is unreachable\\).*pretrained_path"):
         TimmBackbone("resnet18", out_indices=[4], pretrained=True)
+    assert calls == ["model.safetensors"]  # an unreachable hub is not asked again for the other file name
 
 
 def test_pretrained_reads_the_hugging_face_cache(empty_caches):
