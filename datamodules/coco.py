@@ -499,7 +499,7 @@ seed and style ("simple", the default, or the harder "textured").
         scale_jitter: list[float] | None = None,
         augmentation: str = "flip",
         synthetic_num_train: int = 200,
-        synthetic_num_val: int = 50,
+        synthetic_num_val: int = 200,  # datamodules.synthetic.DEFAULT_NUM_VAL (imported there only when used)
         synthetic_image_size: int = 128,
         synthetic_seed: int = 0,
         synthetic_style: str = "simple",

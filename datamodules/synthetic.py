@@ -51,6 +51,13 @@ CATEGORIES = (
 )
 SPLITS = ("train", "val")
 
+# The embedded default's split sizes. 200 val images (~360 instances) rather than 50 (~85): one trained Mask R-CNN
+# quickstart evaluated on six fresh draws of the val split scored segm AP 0.535 +- 0.027 at 50 images (0.498 to
+# 0.575: the size of the gaps between quickstart architectures) and 0.533 +- 0.014 at 200; the larger split costs
+# each quickstart ~10-30 CPU seconds more evaluation.
+DEFAULT_NUM_TRAIN = 200
+DEFAULT_NUM_VAL = 200
+
 MIN_IMAGE_SIZE = 64
 SHORT_SIDE_RANGE = (0.75, 1.0)  # short side as a fraction of image_size (the long side)
 MAX_SHAPE_FRACTION = 0.6  # largest diameter as a fraction of the short side
@@ -87,8 +94,8 @@ _LICENSES = [{"id": 1, "name": "CC0 1.0", "url": "https://creativecommons.org/pu
 
 
 def synthetic_root(
-    num_train: int = 200, num_val: int = 50, image_size: int = 128, seed: int = 0, cache_dir: str | None = None,
-    style: str = DEFAULT_STYLE,
+    num_train: int = DEFAULT_NUM_TRAIN, num_val: int = DEFAULT_NUM_VAL, image_size: int = 128, seed: int = 0,
+    cache_dir: str | None = None, style: str = DEFAULT_STYLE,
 ) -> Path:
     """The cached synthetic dataset for these parameters, generated on first use.
 
@@ -111,8 +118,8 @@ def synthetic_root(
 
 
 def write_synthetic_dataset(
-    out_dir: str | os.PathLike, num_train: int = 200, num_val: int = 50, image_size: int = 128, seed: int = 0,
-    style: str = DEFAULT_STYLE,
+    out_dir: str | os.PathLike, num_train: int = DEFAULT_NUM_TRAIN, num_val: int = DEFAULT_NUM_VAL,
+    image_size: int = 128, seed: int = 0, style: str = DEFAULT_STYLE,
 ) -> Path:
     """Writes the dataset to `out_dir` (which must not exist, or be empty) and returns its path.
 

@@ -100,6 +100,7 @@ def run_experiment(
         "model": None,
         "model_class": None,
         "backbone": None,
+        "pretrained_weights": None,
         "input_size": None,
         "dataset": None,
         "seed": seed,
@@ -215,6 +216,7 @@ def _describe(cli) -> dict[str, Any]:
     import yaml
 
     import models
+    from models.common.backbone import loaded_pretrained_weights
 
     model, datamodule = cli.model, cli.datamodule
     name = next((key for key, cls in models.MODELS.items() if type(model) is cls), type(model).__name__)
@@ -227,6 +229,7 @@ def _describe(cli) -> dict[str, Any]:
         "model": name,
         "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
         "backbone": hparams.get("backbone"),
+        "pretrained_weights": loaded_pretrained_weights(model),  # [{name, tag, file, source}] per backbone
         "input_size": input_size,
         "dataset": {
             "name": Path(val_ann).parent.parent.name,

@@ -2,18 +2,25 @@
 
 `TimmBackbone` wraps `timm.create_model(name, features_only=True, out_indices=...)` and adds what detection
 training needs on top: the normalisation policy (frozen / batch / synchronised BatchNorm), frozen leading
-stages, and pretrained weights that come from a local file or the local timm cache only — a run never reaches
-for the network. Its `channels` and `strides` (from timm's `feature_info`) tell a neck what it gets.
+stages, and pretrained weights. Those come, in this order, from `pretrained_path`; from a registry package
+installed with the project (models.common.pretrained_sources: `tf_efficientnet_lite0`); from the Hugging Face /
+torch.hub cache; or, where the network allows, are downloaded into that cache once by timm's own mechanism
+(`HF_HUB_OFFLINE=1` or `pretrained_download=False` forbid it). `pretrained_weights` says which were loaded, for the
+run record. Its `channels` and `strides` (from timm's `feature_info`) tell a neck what it gets.
 """
 from __future__ import annotations
 
 import os
+from typing import Any
 from urllib.parse import urlparse
 
 import timm
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from timm.utils.model import freeze
 from torch import Tensor, nn
+
+from models.common.pretrained_sources import SOURCES, load_package_weights
 
 NORMS = ("frozen_bn", "bn", "sync_bn")
 
@@ -25,8 +32,9 @@ class TimmBackbone(nn.Module):
         name: a timm model name, optionally with a pretrained tag ("resnet50", "resnet50.a1_in1k").
         out_indices: indices into the model's full `feature_info` (for ResNets 0 = stem at stride 2,
             1..4 = layer1..layer4 at strides 4..32).
-        pretrained: load ImageNet weights. From `pretrained_path` when given, else from the timm / Hugging Face
-            cache on this machine; never downloaded here.
+        pretrained: load ImageNet weights: from `pretrained_path` when given; for a bare name with a package source
+            (`tf_efficientnet_lite0`) from that package; else timm's weights for the name (and tag) from the
+            Hugging Face / torch.hub cache, downloaded there first if absent and allowed.
         pretrained_path: a local checkpoint of the full timm classification model (raw state dict, or one
             wrapped as {"state_dict": ...} / {"model": ...}); read with `weights_only=True`.
         frozen_stages: how many leading entries of the full `feature_info` are frozen (no gradient, BatchNorm
@@ -36,6 +44,10 @@ class TimmBackbone(nn.Module):
             small per-GPU batches, meant for pretrained weights: frozen at their random initialisation, timm's
             zero-initialised last BatchNorm of each residual block would never let that branch learn), "bn"
             (ordinary BatchNorm, for training from scratch), "sync_bn" (SyncBatchNorm across processes).
+        pretrained_download: let timm download weights missing from the cache (with its progress bar, once:
+            they stay cached). False, or the environment variable HF_HUB_OFFLINE=1, makes a missing file an error.
+
+    `pretrained_weights`: None, or {"name", "tag", "file", "source"} of the weights loaded (also logged once).
 
     `forward(x: Tensor[B,3,H,W]) -> list[Tensor[B, channels[i], H/strides[i], W/strides[i]]]`.
     """
@@ -48,6 +60,7 @@ class TimmBackbone(nn.Module):
         pretrained_path: str | None = None,
         frozen_stages: int = 0,
         norm: str = "frozen_bn",
+        pretrained_download: bool = True,
     ):
         super().__init__()
         if norm not in NORMS:
@@ -56,7 +69,12 @@ class TimmBackbone(nn.Module):
             raise ValueError(f"backbone {name!r}: frozen_stages must be >= -1, got {frozen_stages}")
         if pretrained_path is not None and not pretrained:
             raise ValueError(f"backbone {name!r}: pretrained_path={pretrained_path!r} given with pretrained=False")
-        self.model = _create(name, list(out_indices), pretrained, pretrained_path)
+        self.model, self.pretrained_weights = _create(name, list(out_indices), pretrained, pretrained_path,
+                                                      pretrained_download)
+        if self.pretrained_weights is not None:
+            w = self.pretrained_weights
+            rank_zero_info(f"backbone {name}: ImageNet weights {w['name']} (tag {w['tag']}) from {w['source']}: "
+                           f"{w['file']}")
         self.channels: list[int] = list(self.model.feature_info.channels())
         self.strides: list[int] = list(self.model.feature_info.reduction())
         if norm == "frozen_bn":
@@ -76,49 +94,128 @@ def freeze_norm(module: nn.Module) -> nn.Module:
     return timm.layers.freeze_batch_norm_2d(module)
 
 
-def _create(name: str, out_indices: list[int], pretrained: bool, pretrained_path: str | None) -> nn.Module:
+def loaded_pretrained_weights(module: nn.Module) -> list[dict[str, Any]]:
+    """`pretrained_weights` of every TimmBackbone inside `module` that loaded some (for the run record)."""
+    return [m.pretrained_weights for m in module.modules()
+            if isinstance(m, TimmBackbone) and m.pretrained_weights is not None]
+
+
+def _create(
+    name: str, out_indices: list[int], pretrained: bool, pretrained_path: str | None, download: bool
+) -> tuple[nn.Module, dict[str, Any] | None]:
     if ":" not in name and not timm.is_model(name):  # hf-hub:/local-dir: names are resolved by timm itself
         raise ValueError(f"backbone {name!r} is not a timm model name: set the model's backbone to one that "
                          f"timm.list_models() lists (e.g. resnet50, resnet10t)")
     kwargs = dict(features_only=True, out_indices=tuple(out_indices))
     if not pretrained:
-        return timm.create_model(name, pretrained=False, **kwargs)
-    weights_file = pretrained_path if pretrained_path is not None else _cached_weights(name)
-    if not os.path.isfile(weights_file):
-        raise FileNotFoundError(f"backbone {name!r}: pretrained_path {weights_file!r} is not a file")
+        return timm.create_model(name, pretrained=False, **kwargs), None
+    architecture, _, tag = name.partition(".")
+    if pretrained_path is not None:
+        if not os.path.isfile(pretrained_path):
+            raise FileNotFoundError(f"backbone {name!r}: pretrained_path {pretrained_path!r} is not a file")
+        weights_file, source = pretrained_path, "pretrained_path"
+    elif name in SOURCES:
+        weights = load_package_weights(name)
+        # The checked state dict goes through timm's loader like a file would (classifier cut off for features).
+        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(state_dict=weights.state_dict),
+                                  **kwargs)
+        model.pretrained_cfg.pop("state_dict", None)  # no second reference to 17 MB of tensors
+        return model, dict(name=architecture, tag=f"{weights.distribution}=={weights.version}", file=weights.file,
+                           source=f"package {weights.distribution}")
+    else:
+        weights_file, looked_in = _cached_weights(name)
+        source = "cache"
+        if weights_file is None:
+            why_not = _download_forbidden(download)
+            if why_not:
+                raise FileNotFoundError(_missing_weights_message(name, looked_in, why_not))
+            weights_file, source = _download(name, looked_in), "download"
+    tag = tag or (timm.models.get_pretrained_cfg(name).tag if source != "pretrained_path" else "") or ""
     # timm reads the file itself (torch.load with weights_only=True, or safetensors) and applies the model's own
     # checkpoint filter before cutting the classifier off for features_only.
-    return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=weights_file), **kwargs)
+    model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=weights_file), **kwargs)
+    return model, dict(name=architecture, tag=tag or None, file=weights_file, source=source)
 
 
-def _cached_weights(name: str) -> str:
-    """Path of `name`'s pretrained weights in the local Hugging Face or torch.hub cache; raises if absent.
+def _cached_weights(name: str) -> tuple[str | None, list[str]]:
+    """Path of `name`'s pretrained weights in the local Hugging Face or torch.hub cache (None if absent), and the
+    places looked in.
 
-    Resolved here rather than by timm so that a missing file is an error instead of a download.
+    Resolved here rather than by timm so that a missing file is a decision (download or error), not a side effect.
     """
-    cfg = timm.models.get_pretrained_cfg(name)
-    if cfg is None:
-        raise ValueError(f"backbone {name!r}: timm knows no pretrained weights for this name")
+    cfg = _pretrained_cfg(name)
     looked_in = []
     if cfg.hf_hub_id:
         from huggingface_hub import try_to_load_from_cache
 
-        filenames = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
-        for filename in filenames:
+        for filename in _hub_filenames(cfg):
             found = try_to_load_from_cache(cfg.hf_hub_id, filename)
             if isinstance(found, str):
-                return found
+                return found, looked_in
             looked_in.append(f"the Hugging Face cache for {cfg.hf_hub_id}/{filename}")
     if cfg.url:
-        candidate = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(urlparse(cfg.url).path))
+        candidate = _torch_hub_file(cfg.url)
         if os.path.isfile(candidate):
-            return candidate
+            return candidate, looked_in
         looked_in.append(candidate)
-    raise FileNotFoundError(
+    return None, looked_in
+
+
+def _pretrained_cfg(name: str):
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None:
+        raise ValueError(f"backbone {name!r}: timm knows no pretrained weights for this name")
+    return cfg
+
+
+def _hub_filenames(cfg) -> list[str]:
+    return [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+
+
+def _torch_hub_file(url: str) -> str:
+    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(urlparse(url).path))
+
+
+def _download_forbidden(download: bool) -> str:
+    """Why no download may happen here ("" if it may)."""
+    if not download:
+        return "pretrained_download=False"
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "on", "yes", "true"):
+        return "HF_HUB_OFFLINE is set"
+    return ""
+
+
+def _download(name: str, looked_in: list[str]) -> str:
+    """Downloads `name`'s weights into the Hugging Face (or torch.hub) cache as timm does, with a progress bar; the
+    cached file's path. A failure (no network) becomes the missing-weights error."""
+    cfg = _pretrained_cfg(name)
+    try:
+        if cfg.hf_hub_id:
+            from huggingface_hub import hf_hub_download
+            from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+            filenames = _hub_filenames(cfg)
+            for filename in filenames:  # timm's order: safetensors first, the pickled file where there is none
+                try:
+                    return hf_hub_download(cfg.hf_hub_id, filename)
+                except EntryNotFoundError as err:
+                    # Only "no such file on the hub" tries the next name; unreachable (the Local... subclass) ends
+                    # here instead of waiting through the hub client's retries twice.
+                    if isinstance(err, LocalEntryNotFoundError) or filename == filenames[-1]:
+                        raise
+        return timm.models._hub.download_cached_file(cfg.url, progress=True)
+    except Exception as err:  # noqa: BLE001 — every failure (offline, proxy, 404) ends in the same advice
+        raise FileNotFoundError(_missing_weights_message(
+            name, looked_in, f"downloading failed ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+        )) from err
+
+
+def _missing_weights_message(name: str, looked_in: list[str], why: str) -> str:
+    return (
         f"backbone {name!r}: pretrained=True but no weights are cached on this machine (looked in "
-        f"{'; '.join(looked_in) or 'nothing: the config names no source'}). Downloading is disabled at run time: "
-        f"set pretrained_path to a local copy of the timm {name!r} checkpoint, or fill the cache once on a machine "
-        f"with network access (python -c \"import timm; timm.create_model('{name}', pretrained=True)\")"
+        f"{'; '.join(looked_in) or 'nothing: the config names no source'}) and {why}: set pretrained_path to a "
+        f"local copy of the timm {name!r} checkpoint, or fill the cache once on a machine with network access "
+        f"(python -c \"import timm; timm.create_model('{name}', pretrained=True)\")"
     )
 
 

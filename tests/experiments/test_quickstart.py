@@ -15,6 +15,25 @@ def test_quickstart_covers_every_model_and_names_unknown_ones():
         quickstart_configs(["nope"])
 
 
+def test_every_quickstart_fine_tunes_from_the_package_weights_with_one_budget():
+    import timm
+    import yaml
+
+    budgets = {}
+    for name, path in quickstart_configs().items():
+        config = yaml.safe_load(path.read_text())
+        args = config["model"]["init_args"]
+        assert args["backbone"] == "tf_efficientnet_lite0" and args["pretrained"] is True, name
+        assert args.get("pretrained_path") is None, name  # the package source, not a file of this machine
+        budgets[name] = (config["trainer"]["max_steps"], config["data"]["batch_size"])
+        # Inputs normalised as the weights were trained (timm's pretrained config: mean 0.5, std 0.5), wherever the
+        # model has the option (Mask R-CNN's normalisation is fixed in its transform).
+        pretrained_cfg = timm.models.get_pretrained_cfg(args["backbone"])
+        if "pixel_mean" in args:
+            assert args["pixel_mean"] == list(pretrained_cfg.mean) and args["pixel_std"] == list(pretrained_cfg.std)
+    assert len(set(budgets.values())) == 1, f"one shared budget (steps, batch) for every architecture: {budgets}"
+
+
 @pytest.mark.slow  # four real architectures, a few steps each: ~2-4 min on 2 cores
 def test_quickstart_end_to_end_on_a_small_dataset(tmp_path, capsys):
     from datamodules.synthetic import synthetic_root

@@ -1,4 +1,6 @@
 """TimmBackbone (norm policy, frozen stages, offline pretrained weights) and FPN (named levels, extra levels)."""
+from pathlib import Path
+
 import huggingface_hub
 import pytest
 import timm
@@ -75,6 +77,7 @@ def test_pretrained_path_loads_a_local_classifier_checkpoint(tmp_path, wrap):
     torch.save({"state_dict": weights} if wrap else weights, path)
     backbone = TimmBackbone("resnet18", out_indices=[1, 2, 3, 4], pretrained=True, pretrained_path=str(path))
     assert torch.equal(backbone.model.layer3[1].conv2.weight, weights["layer3.1.conv2.weight"])
+    assert backbone.pretrained_weights == dict(name="resnet18", tag=None, file=str(path), source="pretrained_path")
     assert torch.equal(backbone.model.bn1.running_var, weights["bn1.running_var"])
 
 
@@ -85,9 +88,73 @@ def empty_caches(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_pretrained_without_cache_raises_instead_of_downloading(empty_caches):
-    with pytest.raises(FileNotFoundError, match="'resnet18'.*no weights are cached.*pretrained_path"):
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any download attempt fails the test (none may happen when downloading is forbidden)."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a download was attempted: {args}")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", refuse)
+    monkeypatch.setattr(timm.models._hub, "download_cached_file", refuse)
+
+
+def test_offline_switch_makes_a_missing_file_an_error_without_a_download(empty_caches, no_network, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="'resnet18'.*no weights are cached.*HF_HUB_OFFLINE is set.*"
+                                                "pretrained_path"):
         TimmBackbone("resnet18", out_indices=[1, 2, 3, 4], pretrained=True)
+
+
+def test_pretrained_download_false_forbids_the_download(empty_caches, no_network, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(FileNotFoundError, match="no weights are cached.*pretrained_download=False"):
+        TimmBackbone("resnet18", out_indices=[4], pretrained=True, pretrained_download=False)
+
+
+def _fake_hub_download(weights, calls):
+    """hf_hub_download as the hub would do it, from a local copy: the file lands in the Hugging Face cache layout."""
+    def download(repo_id, filename, **kwargs):
+        calls.append((repo_id, filename))
+        repo = Path(huggingface_hub.constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
+        (repo / "snapshots" / "abc123").mkdir(parents=True)
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text("abc123")
+        save_file(weights, str(repo / "snapshots" / "abc123" / filename))
+        return str(repo / "snapshots" / "abc123" / filename)
+
+    return download
+
+
+def test_missing_weights_are_downloaded_into_the_cache_once(empty_caches, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    weights, calls = _reference_weights(), []
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", _fake_hub_download(weights, calls))
+
+    first = TimmBackbone("resnet18", out_indices=[4], pretrained=True)
+    assert calls == [("timm/resnet18.a1_in1k", "model.safetensors")]
+    assert torch.equal(first.model.layer4[0].conv1.weight, weights["layer4.0.conv1.weight"])
+    assert first.pretrained_weights["source"] == "download"
+    assert first.pretrained_weights["tag"] == "a1_in1k" and first.pretrained_weights["name"] == "resnet18"
+
+    second = TimmBackbone("resnet18", out_indices=[4], pretrained=True)  # from the cache now: no second download
+    assert len(calls) == 1
+    assert second.pretrained_weights == {**first.pretrained_weights, "source": "cache"}
+    assert torch.equal(second.model.layer4[0].conv1.weight, weights["layer4.0.conv1.weight"])
+
+
+def test_a_failed_download_is_the_missing_weights_error(empty_caches, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    calls = []
+
+    def unreachable(repo_id, filename, **kwargs):
+        calls.append(filename)
+        raise huggingface_hub.errors.LocalEntryNotFoundError("Network is unreachable")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
+    with pytest.raises(FileNotFoundError, match="no weights are cached.*downloading failed \\(LocalEntryNotFoundError: "
+                                                "Network is unreachable\\).*pretrained_path"):
+        TimmBackbone("resnet18", out_indices=[4], pretrained=True)
+    assert calls == ["model.safetensors"]  # an unreachable hub is not asked again for the other file name
 
 
 def test_pretrained_reads_the_hugging_face_cache(empty_caches):
