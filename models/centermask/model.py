@@ -58,7 +58,7 @@ class CenterMask(InstanceSegmentationModule):
         ese_every_block: build the official VoVNetV2 (eSE in every OSA block, models.common.vovnet) instead of
             timm's model (eSE in the last block of each stage). Needed for centermask2 weights; CenterMask-Lite's
             V-19 ("ese_vovnet19b", which timm does not register) exists only this way.
-        pretrained, pretrained_path, frozen_stages, norm: see TimmBackbone; with `ese_every_block`,
+        pretrained, pretrained_path, frozen_stages, norm, pretrained_download: see TimmBackbone; with `ese_every_block`,
             `pretrained_path` is an official (detectron2-format) ImageNet VoVNet such as vovnet39_ese_detectron2.pth
             and timm's cache is not used.
         fpn_channels: channels of P3..P7 (256; Lite 128). `fpn_norm`: "none" (official) or "bn" (helps training from
@@ -94,6 +94,7 @@ class CenterMask(InstanceSegmentationModule):
         ese_every_block: bool = True,
         pretrained: bool = False,
         pretrained_path: str | None = None,
+        pretrained_download: bool = True,
         frozen_stages: int = 0,
         norm: str = "frozen_bn",
         fpn_channels: int = 256,
@@ -152,7 +153,8 @@ class CenterMask(InstanceSegmentationModule):
         mean, std = backbone_pixel_stats(backbone, pixel_mean, pixel_std)
         self.transform = ResizeNormalizeTransform(min_size, max_size, mean, std)
         self.backbone = _build_backbone(
-            backbone, out_indices, ese_every_block, pretrained, pretrained_path, frozen_stages, norm
+            backbone, out_indices, ese_every_block, pretrained, pretrained_path, frozen_stages, norm,
+            pretrained_download,
         )
         if self.backbone.strides != [8, 16, 32]:
             raise ValueError(f"CenterMask: out_indices {out_indices} of {backbone!r} give strides "
@@ -302,6 +304,7 @@ def _build_backbone(
     pretrained_path: str | None,
     frozen_stages: int,
     norm: str,
+    pretrained_download: bool = True,
 ) -> nn.Module:
     """The official VoVNetV2 structure (`ese_every_block`) or timm's model of that name."""
     if ese_every_block:
@@ -319,4 +322,4 @@ def _build_backbone(
     if name in VOVNET_CONFIGS and not timm.is_model(name):
         raise ValueError(f"CenterMask: timm registers no {name!r} model; use ese_every_block: true (the official "
                          f"VoVNetV2 structure; for single-block stages such as V-19 it is the same network)")
-    return TimmBackbone(name, out_indices, pretrained, pretrained_path, frozen_stages, norm)
+    return TimmBackbone(name, out_indices, pretrained, pretrained_path, frozen_stages, norm, pretrained_download)

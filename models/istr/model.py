@@ -50,7 +50,7 @@ class ISTR(InstanceSegmentationModule):
 
     Args:
         num_classes: object classes, contiguous labels 0..num_classes-1.
-        backbone, out_indices, pretrained, pretrained_path, frozen_stages, norm: the timm backbone (see
+        backbone, out_indices, pretrained, pretrained_path, pretrained_download, frozen_stages, norm: the timm backbone (see
             models.common.backbone.TimmBackbone); out_indices pick C2..C5 ([1, 2, 3, 4] for ResNets). The official
             model: ResNet-50/101, frozen BatchNorm, stem + res2 frozen (frozen_stages 2). Trained from scratch:
             norm "bn", frozen_stages 0.
@@ -87,6 +87,7 @@ class ISTR(InstanceSegmentationModule):
         out_indices: list[int] = [1, 2, 3, 4],
         pretrained: bool = False,
         pretrained_path: str | None = None,
+        pretrained_download: bool = True,
         frozen_stages: int = 2,
         norm: str = "frozen_bn",
         fpn_channels: int = 256,
@@ -144,7 +145,9 @@ class ISTR(InstanceSegmentationModule):
 
         mean, std = backbone_pixel_stats(backbone, pixel_mean, pixel_std)
         self.transform = ResizeNormalizeTransform(min_size, max_size, mean, std)
-        self.backbone = TimmBackbone(backbone, out_indices, pretrained, pretrained_path, frozen_stages, norm)
+        self.backbone = TimmBackbone(
+            backbone, out_indices, pretrained, pretrained_path, frozen_stages, norm, pretrained_download
+        )
         self.neck = FPN(self.backbone.channels, self.backbone.strides, fpn_channels, extra_levels="none",
                         norm=fpn_norm)
         self.init_proposal_boxes = nn.Embedding(num_queries, 4)

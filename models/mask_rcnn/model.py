@@ -48,7 +48,7 @@ class MaskRCNN(InstanceSegmentationModule):
     Args:
         num_classes: object classes (background excluded), contiguous labels 0..num_classes-1.
         backbone: timm model name; `out_indices` the feature_info entries fed to the FPN (strides 4..32 for
-            ResNets). `pretrained`, `pretrained_path`, `frozen_stages`, `norm`: see `TimmBackbone`. The defaults
+            ResNets). `pretrained`, `pretrained_path`, `pretrained_download`, `frozen_stages`, `norm`: see `TimmBackbone`. The defaults
             (frozen BatchNorm, stem + layer1 frozen) are for pretrained weights; a backbone trained from scratch
             needs norm="bn" and frozen_stages=0 (frozen, timm's zero-initialised last BatchNorm of every residual
             block would keep the residual branches dead).
@@ -83,6 +83,7 @@ class MaskRCNN(InstanceSegmentationModule):
         out_indices: list[int] = [1, 2, 3, 4],
         pretrained: bool = False,
         pretrained_path: str | None = None,
+        pretrained_download: bool = True,
         frozen_stages: int = 2,
         norm: str = "frozen_bn",
         fpn_channels: int = 256,
@@ -123,7 +124,9 @@ class MaskRCNN(InstanceSegmentationModule):
             raise ValueError(f"MaskRCNN: mask_resolution must be even (RoIs are pooled at half), got {mask_resolution}")
         mean, std = backbone_pixel_stats(backbone, pixel_mean, pixel_std)
         self.transform = ResizeNormalizeTransform(min_size, max_size, mean, std)
-        self.backbone = TimmBackbone(backbone, out_indices, pretrained, pretrained_path, frozen_stages, norm)
+        self.backbone = TimmBackbone(
+            backbone, out_indices, pretrained, pretrained_path, frozen_stages, norm, pretrained_download
+        )
         self.neck = FPN(
             self.backbone.channels, self.backbone.strides, fpn_channels, extra_levels="pool", norm=head_norm
         )

@@ -40,7 +40,7 @@ class YOLACT(InstanceSegmentationModule):
         num_classes: object classes (background excluded), contiguous labels 0..num_classes-1.
         backbone: timm model name ("resnet50", "resnet101", "darknet53", ...); `out_indices` pick C3, C4, C5 from
             its feature_info ([2, 3, 4] for ResNets, [3, 4, 5] for darknet53). `pretrained`, `pretrained_path`,
-            `frozen_stages`, `norm`: see models.common.backbone.TimmBackbone. The official code trains BatchNorm
+            `pretrained_download`, `frozen_stages`, `norm`: see models.common.backbone.TimmBackbone. The official code trains BatchNorm
             (norm "bn") at 8 images per GPU and freezes it below 6 ("frozen_bn").
         fpn_channels: channels of P3..P7 (and of the head's input); `num_extra_levels` stride-2 levels above P5.
         num_prototypes: k; `proto_channels` the Protonet's hidden width; `head_channels` the head's upfeature width.
@@ -72,6 +72,7 @@ class YOLACT(InstanceSegmentationModule):
         out_indices: list[int] = [2, 3, 4],
         pretrained: bool = False,
         pretrained_path: str | None = None,
+        pretrained_download: bool = True,
         frozen_stages: int = 0,
         norm: str = "bn",
         fpn_channels: int = 256,
@@ -117,7 +118,9 @@ class YOLACT(InstanceSegmentationModule):
             )
         pixel_mean, pixel_std = backbone_pixel_stats(backbone, pixel_mean, pixel_std)
 
-        self.backbone = TimmBackbone(backbone, out_indices, pretrained, pretrained_path, frozen_stages, norm)
+        self.backbone = TimmBackbone(
+            backbone, out_indices, pretrained, pretrained_path, frozen_stages, norm, pretrained_download
+        )
         self.neck = YolactFPN(self.backbone.channels, fpn_channels, num_extra_levels)
         self.protonet = Protonet(fpn_channels, proto_channels, num_prototypes)
         self.head = PredictionHead(fpn_channels, num_classes, len(aspect_ratios), num_prototypes, head_channels)

@@ -111,6 +111,17 @@ def test_pretrained_download_false_forbids_the_download(empty_caches, no_network
         TimmBackbone("resnet18", out_indices=[4], pretrained=True, pretrained_download=False)
 
 
+@pytest.mark.parametrize("name", ["mask_rcnn", "centermask", "yolact", "istr"])
+def test_every_model_passes_pretrained_download_to_its_backbone(name, empty_caches, no_network, monkeypatch):
+    """A model config's `pretrained_download: false` reaches the backbone: without it the model would download."""
+    from models import MODELS
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(FileNotFoundError, match="'resnet18'.*no weights are cached.*pretrained_download=False"):
+        extra = {"ese_every_block": False} if name == "centermask" else {}  # its default is the official VoVNet
+        MODELS[name](num_classes=3, backbone="resnet18", pretrained=True, pretrained_download=False, **extra)
+
+
 def _fake_hub_download(weights, calls):
     """hf_hub_download as the hub would do it, from a local copy: the file lands in the Hugging Face cache layout."""
     def download(repo_id, filename, **kwargs):
