@@ -67,7 +67,7 @@ def test_missing_pretrained_weights_through_the_installed_script(small_synthetic
                "--config", str(CONFIGS / "data" / "coco2017.yaml"), "--data.root", str(small_synthetic_root)]
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path)
     assert_one_line_error(done.returncode, done.stderr, "error: model (models.mask_rcnn.model.MaskRCNN): backbone "
-                          "'resnet50': pretrained=True but no weights are cached", "set pretrained_path")
+                          "'resnet50.tv_in1k': pretrained=True but no weights are cached", "set pretrained_path")
 
 
 @pytest.mark.slow  # ~18 s on the loaded 2-core box: a real validation pass

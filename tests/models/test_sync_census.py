@@ -38,6 +38,7 @@ def test_yolact_anchor_matching_has_no_host_sync():
 def test_yolact_training_loss_syncs_do_not_grow_with_the_ground_truths():
     torch.manual_seed(0)
     model = MODELS["yolact"](num_classes=NUM_CLASSES, **TINY_CONFIGS["yolact"])
+    model.compute_losses(*_targets(2, torch.Generator().manual_seed(1)))  # fills the per-input-size anchor cache
     counts = {}
     for num_objects in (2, 8):
         images, targets = _targets(num_objects, torch.Generator().manual_seed(num_objects))
