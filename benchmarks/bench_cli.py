@@ -87,7 +87,7 @@ def build_from_config(config: str, data_config: str | None = None, overrides: li
     """(model, datamodule) exactly as `maskbench fit --config CONFIG` would build them, weights from `ckpt_path`."""
     # The bench verb builds models as `maskbench fit` does, through the experiments layer's LightningCLI: the one
     # import of this command-line front end that runs against the layers (tests/test_imports.py names it).
-    from experiments.lightning_cli import run_lightning
+    from benchmarks.lightning_cli import run_lightning
 
     cli = run_lightning(cli_arguments(config, data_config, list(overrides)), run=False)
     model = cli.model

@@ -64,7 +64,7 @@ def build(config: str, data_config: str | None, overrides: list[str]):
     import warnings
 
     from benchmarks.bench_cli import cli_arguments
-    from experiments.lightning_cli import run_lightning
+    from benchmarks.lightning_cli import run_lightning
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")

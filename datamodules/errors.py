@@ -11,5 +11,5 @@ class DatasetError(ValueError):
 
 
 class ConfigurationError(ValueError):
-    """A configuration that cannot be parsed or built (experiments/lightning_cli.py): one line naming the option or
+    """A configuration that cannot be parsed or built (benchmarks/lightning_cli.py): one line naming the option or
     component and the problem; `maskbench` prints it as `error: ...` with exit status 2."""

@@ -316,7 +316,7 @@ def _non_ignored_ground_truth(coco_gt, params) -> np.ndarray:
 def encode_prediction_masks(masks: Tensor, count: int, image_id: int) -> list[bytes]:
     """A prediction's [K,H,W] bool/uint8 masks -> K compressed-RLE counts strings (bytes), exactly pycocotools'
     encoding; `count` (K) and `image_id` check the shape and name the image in errors. Shared by the evaluator and
-    the results-file writer (experiments/results_writer.py), so both hold the same strings."""
+    the results-file writer (datamodules/results_writer.py), so both hold the same strings."""
     if masks.dim() != 3 or masks.shape[0] != count:
         raise ValueError(f"image_id {image_id}: masks must be [{count},H,W], got {tuple(masks.shape)}")
     if masks.is_floating_point():
@@ -527,7 +527,7 @@ def evaluate_results_file(
     """COCO metrics of a standard results file (or its parsed list) over every image of `ann_file`.
 
     Records are {"image_id", "category_id", "score", "bbox" [x,y,w,h], "segmentation" compressed RLE}, optionally
-    "bbox_score" (a box score apart from the mask's, experiments/results_writer.py). An iou type is evaluated when
+    "bbox_score" (a box score apart from the mask's, datamodules/results_writer.py). An iou type is evaluated when
     requested and every record carries its field (bbox-only results give bbox only); a field present on some
     records only, an unknown image/category id or a malformed record raises `DatasetError` naming the file and the
     record index.

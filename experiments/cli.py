@@ -1,6 +1,6 @@
 """The `maskbench` command.
 
-Training-side verbs go through Lightning's CLI (experiments/lightning_cli.py), so every run saves its resolved config:
+Training-side verbs go through Lightning's CLI (benchmarks/lightning_cli.py), so every run saves its resolved config:
 
     maskbench fit|validate|test|predict --config FILE.yaml [--config MORE.yaml] [--data.root DIR] [--x.y value]
     maskbench validate|test|predict ... --results_json FILE     (a standard COCO results file)
@@ -266,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = [token for token in argv if token != "--verbose"]
     try:
         if argv and argv[0] in LIGHTNING_VERBS:
-            from experiments.lightning_cli import run_lightning
+            from benchmarks.lightning_cli import run_lightning
 
             run_lightning(argv)
             return 0

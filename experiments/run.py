@@ -40,7 +40,7 @@ from experiments.paths import REPO_ROOT
 
 WANDB_MODES = ("offline", "online", "off")
 WANDB_PROJECT = "maskbench"
-RESULTS_FILE = "results.json"  # the run's COCO results file (experiments/results_writer.py), in its run folder
+RESULTS_FILE = "results.json"  # the run's COCO results file (datamodules/results_writer.py), in its run folder
 
 
 # ----------------------------------------------------------------------------------------------- the run
@@ -126,7 +126,7 @@ def run_experiment(
     wandb_run = None
     is_global_zero = True
     try:
-        from experiments.results_writer import CocoResultsWriter
+        from datamodules.results_writer import CocoResultsWriter
 
         cli = _build(config_files, pairs, seed, directory, label, run_id, sweep, wandb)
         trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
@@ -184,7 +184,7 @@ def summary_line(record: dict[str, Any]) -> str:
 
 def _build(config_files, pairs, seed, directory: Path, label: str, run_id: str, sweep, wandb: str):
     """LightningCLI of `maskbench fit` with the run's loggers and checkpointing, instantiated but not run."""
-    from experiments.lightning_cli import run_lightning
+    from benchmarks.lightning_cli import run_lightning
 
     loggers = [{"class_path": "lightning.pytorch.loggers.CSVLogger",
                 "init_args": {"save_dir": str(directory), "name": "logs"}}]

@@ -12,11 +12,6 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LAYERS = ["datamodules", "models", "benchmarks", "experiments"]  # lowest first: a package imports only at or below
-# The imports against the layers, by design: the front ends of `maskbench bench` and of the training-throughput
-# benchmark build models from configs exactly as `maskbench fit` does, through the experiments layer's LightningCLI
-# (benchmarks/bench_cli.py build_from_config, benchmarks/train_speed.py build).
-ALLOWED_UPWARD = {("benchmarks.bench_cli", "experiments.lightning_cli"),
-                  ("benchmarks.train_speed", "experiments.lightning_cli")}
 
 
 def project_modules() -> dict[str, Path]:
@@ -64,7 +59,7 @@ def test_imports_point_down_the_layers():
         (module, target)
         for module, targets in import_graph().items()
         for target in targets
-        if layer(target) > layer(module) and (module, target) not in ALLOWED_UPWARD
+        if layer(target) > layer(module)
     )
     assert not upward, "imports against experiments -> benchmarks -> models -> datamodules: " + ", ".join(
         f"{module} -> {target}" for module, target in upward)

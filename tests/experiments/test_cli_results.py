@@ -6,7 +6,7 @@ import json
 import pytest
 
 from experiments.cli import main
-from experiments.results_writer import CocoResultsWriter
+from datamodules.results_writer import CocoResultsWriter
 
 STATS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from experiments.lightning_cli import run_lightning
+from benchmarks.lightning_cli import run_lightning
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = REPO_ROOT / "experiments" / "configs"

@@ -6,7 +6,7 @@ import torch
 from torchvision.io import decode_png, read_file
 
 from experiments.cli import main
-from experiments.visualize import GAP, MIN_SIDE, class_colours, overlay
+from datamodules.visualize import GAP, MIN_SIDE, class_colours, overlay
 
 
 def square_mask(size, top, left, side):

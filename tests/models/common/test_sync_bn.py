@@ -74,7 +74,7 @@ def test_plugin_converts_timm_norm_act_with_its_activation():
 
 
 def test_ddp_trainer_config_installs_the_plugin(tmp_path):
-    from experiments.lightning_cli import run_lightning
+    from benchmarks.lightning_cli import run_lightning
 
     cli = run_lightning(
         ["fit", "--config", str(REPO_ROOT / "experiments/configs/quickstart/yolact.yaml"),

@@ -1,5 +1,9 @@
 """maskbench's LightningCLI: the `fit|validate|test|predict` verbs, and the builder `run` and `bench` use.
 
+It lives in the benchmarks layer, the lowest that both the runner (experiments/) and the benchmarks' own front ends
+(`maskbench bench`, the training-throughput benchmark) reach, so that configs become objects in one place and
+imports still run one way; it needs only models and datamodules (its output writers live in datamodules/).
+
     maskbench fit|validate|test|predict --config FILE.yaml [--config MORE.yaml] [--data.root DIR] [--x.y value]
     maskbench validate|test ... [--results_json FILE]
     maskbench predict ...       [--results_json FILE] [--visualize DIR [--score_thresh 0.3]]
@@ -7,7 +11,7 @@
 The model is chosen by the config (`model: {class_path: models.mask_rcnn.MaskRCNN, init_args: ...}` or the short
 class name `--model MaskRCNN`); `data.num_classes` is read from the dataset and linked into the model.
 `--results_json FILE` writes the evaluated images' detections as a standard COCO results file
-(experiments/results_writer.py); `--visualize DIR` writes prediction overlays (experiments/visualize.py). Both stream:
+(datamodules/results_writer.py); `--visualize DIR` writes prediction overlays (datamodules/visualize.py). Both stream:
 `predict` keeps no predictions in memory (its `return_predictions` defaults to false here).
 
 A configuration that cannot be parsed or built (an unknown option, a bad value, a constructor that refuses its
@@ -91,11 +95,11 @@ class MaskbenchCLI(LightningCLI):
         options = self.config[self.subcommand]
         callbacks: list[Callback] = []
         if options.get("results_json"):
-            from experiments.results_writer import CocoResultsWriter
+            from datamodules.results_writer import CocoResultsWriter
 
             callbacks.append(CocoResultsWriter(options.results_json))
         if self.subcommand == "predict" and options.get("visualize"):
-            from experiments.visualize import PredictionOverlayWriter
+            from datamodules.visualize import PredictionOverlayWriter
 
             callbacks.append(PredictionOverlayWriter(options.visualize, options.score_thresh))
         return callbacks

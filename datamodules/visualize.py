@@ -3,7 +3,7 @@
     maskbench predict --config MODEL.yaml --ckpt_path CKPT --visualize OUT_DIR [--score_thresh 0.3]
                       [--trainer.limit_predict_batches 5]
 
-`--visualize OUT_DIR` (an option of `maskbench predict`, experiments/lightning_cli.py) adds a PredictionOverlayWriter
+`--visualize OUT_DIR` (an option of `maskbench predict`, benchmarks/lightning_cli.py) adds a PredictionOverlayWriter
 to Lightning's predict: for every predicted image it writes OUT_DIR/<image_id>.png, the ground truth on the left and
 the detections (score >= threshold) on the right: masks filled with one colour per class (torchvision's
 draw_segmentation_masks), boxes with "class score" labels (draw_bounding_boxes). Written batch by batch: nothing
