@@ -1,0 +1,46 @@
+"""The tiny ISTR settings and the masks, codec file and batch the tests share."""
+import torch
+
+from models.istr.mask_codec import PCAMaskCodec, fit_pca
+
+
+TINY = dict(
+    backbone="resnet18", norm="bn", frozen_stages=0, fpn_channels=32, min_size=64, max_size=96, num_queries=12,
+    num_stages=2, num_heads=4, dim_feedforward=64, dynamic_dim=8, codec_components=8, codec_mask_size=14,
+    detections_per_img=10,
+)
+
+
+def box_masks(count: int, size: int, seed: int = 0) -> torch.Tensor:
+    """uint8 [count, size, size] random rectangles."""
+    generator = torch.Generator().manual_seed(seed)
+    masks = torch.zeros(count, size, size, dtype=torch.uint8)
+    for mask in masks:
+        y0, x0 = torch.randint(0, size // 2, (2,), generator=generator).tolist()
+        y1 = y0 + int(torch.randint(2, size - y0 + 1, (1,), generator=generator))
+        x1 = x0 + int(torch.randint(2, size - x0 + 1, (1,), generator=generator))
+        mask[y0:y1, x0:x1] = 1
+    return masks
+
+
+def codec_file(tmp_path, components: int = 8, size: int = 14) -> str:
+    fit = fit_pca([box_masks(300, size)], size, seed=0)
+    return PCAMaskCodec.from_fit(fit, components, size).save(tmp_path / f"codec-{components}-{size}.pt")
+
+
+def batch():
+    generator = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, 64, 80, generator=generator), torch.rand(3, 72, 64, generator=generator)]
+    targets = []
+    for image, boxes, labels, crowd in (
+        (images[0], [[8, 6, 40, 30], [30, 20, 70, 60], [0, 40, 20, 62]], [0, 2, 1], [0, 0, 1]),
+        (images[1], [[10, 12, 50, 60]], [1], [0]),
+    ):
+        height, width = image.shape[-2:]
+        masks = torch.zeros(len(boxes), height, width, dtype=torch.uint8)
+        for mask, (x0, y0, x1, y1) in zip(masks, boxes):
+            mask[y0:y1, x0:x1] = 1
+        targets.append({"boxes": torch.tensor(boxes, dtype=torch.float32), "labels": torch.tensor(labels),
+                        "masks": masks, "iscrowd": torch.tensor(crowd), "image_id": len(targets),
+                        "orig_size": (height, width)})
+    return images, targets
