@@ -1,4 +1,5 @@
-"""The tiny ISTR settings and the masks, codec file and batch the tests share."""
+"""The tiny ISTR settings and the masks and codec file the tests share (the two-image batch:
+tests/models/test_contract.py)."""
 import torch
 
 from models.istr.mask_codec import PCAMaskCodec, fit_pca
@@ -26,21 +27,3 @@ def box_masks(count: int, size: int, seed: int = 0) -> torch.Tensor:
 def codec_file(tmp_path, components: int = 8, size: int = 14) -> str:
     fit = fit_pca([box_masks(300, size)], size, seed=0)
     return PCAMaskCodec.from_fit(fit, components, size).save(tmp_path / f"codec-{components}-{size}.pt")
-
-
-def batch():
-    generator = torch.Generator().manual_seed(0)
-    images = [torch.rand(3, 64, 80, generator=generator), torch.rand(3, 72, 64, generator=generator)]
-    targets = []
-    for image, boxes, labels, crowd in (
-        (images[0], [[8, 6, 40, 30], [30, 20, 70, 60], [0, 40, 20, 62]], [0, 2, 1], [0, 0, 1]),
-        (images[1], [[10, 12, 50, 60]], [1], [0]),
-    ):
-        height, width = image.shape[-2:]
-        masks = torch.zeros(len(boxes), height, width, dtype=torch.uint8)
-        for mask, (x0, y0, x1, y1) in zip(masks, boxes):
-            mask[y0:y1, x0:x1] = 1
-        targets.append({"boxes": torch.tensor(boxes, dtype=torch.float32), "labels": torch.tensor(labels),
-                        "masks": masks, "iscrowd": torch.tensor(crowd), "image_id": len(targets),
-                        "orig_size": (height, width)})
-    return images, targets

@@ -10,7 +10,7 @@ from models.istr import ISTR
 from models.istr.head import BOX_SCALE_CLAMP, MultiLevelRoIAlign, istr_box_coder
 from models.istr.interaction import DynamicInteraction
 from models.istr.model import initial_proposals
-from tests.models.istr.common import TINY, batch
+from tests.models.istr.common import TINY
 
 
 def test_dynamic_interaction_is_a_per_query_two_layer_network():

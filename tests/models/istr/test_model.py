@@ -7,7 +7,8 @@ from datamodules.coco import CocoDataModule
 from models.istr import ISTR
 from models.istr.codec_data import cached_codec_path, fit_codec_on_split
 from models.istr.mask_codec import CodecError
-from tests.models.istr.common import TINY, batch, codec_file
+from tests.models.istr.common import TINY, codec_file
+from tests.models.test_contract import tiny_batch
 
 
 def test_model_with_a_pca_codec_file_predicts_and_trains(tmp_path):
@@ -15,7 +16,7 @@ def test_model_with_a_pca_codec_file_predicts_and_trains(tmp_path):
     torch.manual_seed(0)
     model = ISTR(num_classes=3, codec_path=path, **TINY)
     assert bool(model.codec.ready)
-    images, targets = batch()
+    images, targets = tiny_batch()
     with torch.no_grad():
         predictions = model.eval()(images)
     for prediction, image in zip(predictions, images):
@@ -36,7 +37,7 @@ def test_codec_file_of_another_size_is_refused_and_missing_codec_is_explained(tm
         ISTR(num_classes=3, codec_path=path, **TINY)
     model = ISTR(num_classes=3, codec_path=str(tmp_path / "not-yet.pt"), **TINY)
     with pytest.raises(CodecError, match="not fitted"):
-        model(batch()[0])
+        model(tiny_batch()[0])
     with pytest.raises(ValueError, match="data-free"):
         ISTR(num_classes=3, codec="dct", codec_path=path, **{k: v for k, v in TINY.items()})
 
