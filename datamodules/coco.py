@@ -6,8 +6,8 @@ masks, crowd regions (kept, flagged by `iscrowd`), images without annotations, g
 images, and degenerate instances (skipped and counted by reason in `dataset.skipped`, or an error with strict=True).
 
 The annotation index is validated once at construction (no image decoding; datamodules/annotations.py); images
-and masks are decoded lazily in `__getitem__`. Anything structurally wrong is a `DatasetError` whose one-line message names the file and the
-record.
+and masks are decoded lazily in `__getitem__`. Anything structurally wrong is a `DatasetError` whose one-line
+message names the file and the record.
 """
 from __future__ import annotations
 
