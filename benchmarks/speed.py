@@ -13,7 +13,7 @@ Protocol (the field's practice, /work/shared/reference/benchmarking.md):
   * `warmup` untimed calls, then more untimed calls until every distinct batch of input sizes has run once (a
     shape first met inside a timed call would time cuDNN's plan choice, its autotuning with cudnn.benchmark, or a
     torch.compile re-trace); then `iters` timed calls; the device is synchronised right before and right after
-    each timed call (the `synchronize` below) and nowhere else inside it;
+    each timed call (benchmarks.timing's `synchronize`) and nowhere else inside it;
   * end to end = raw uint8 images -> the model's own resize/normalise -> network -> post-processing -> boxes and
     masks pasted at each image's full resolution (left on the device: no host copy);
   * model only = the same call stopped right after the network's last raw head output (see `ModelSplit`), timed
@@ -37,7 +37,6 @@ from __future__ import annotations
 import contextlib
 import os
 import statistics
-import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
@@ -49,6 +48,7 @@ from torch import Tensor, nn
 from benchmarks.complexity import complexity
 from benchmarks.environment import environment, math_settings, restore_math_settings
 from benchmarks.stats import fps_intervals, paired_ratio
+from benchmarks.timing import StageTimer, Stopwatch, round_robin, synchronize  # synchronize: the protocol's syncs
 
 # Lightning's precision names -> the autocast dtype (None: fp32, no autocast).
 PRECISIONS = {"32": None, "16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
@@ -146,14 +146,6 @@ def canonical_precision(precision: str) -> str:
     if name not in PRECISIONS:
         raise ValueError(f"precision must be one of {(*PRECISIONS, *PRECISION_ALIASES)}, got {precision!r}")
     return name
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for the device's queued work (the protocol's only syncs; a no-op on the CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
 
 
 def load_val_images(datamodule, count: int) -> list[Tensor]:
@@ -339,41 +331,31 @@ class SpeedRun:
     def timed_call(self, index: int) -> float:
         """Seconds of one end-to-end call, synchronised before and after."""
         batch = self.batch(index)
-        with self._autocast():
-            synchronize(self.device)
-            start = time.perf_counter()
+        with self._autocast(), Stopwatch(self.device) as watch:
             outputs = self._callable(batch)
-            synchronize(self.device)
-            seconds = time.perf_counter() - start
         del outputs  # freed outside the timed region
-        return seconds
+        return watch.seconds
 
     def timed_model_call(self, index: int) -> float:
         """Seconds of one call stopped at the raw head outputs; needs `stop_at_raw_outputs()` to be active."""
         batch = self.batch(index)
-        with self._autocast():
-            synchronize(self.device)
-            start = time.perf_counter()
+        with self._autocast(), Stopwatch(self.device) as watch:
             try:
                 self._callable(batch)
             except _RawOutputsReady:
                 pass
             else:  # the last head never ran (nothing detected): the whole forward was the network's work
                 self.model_stop_missed += 1
-            synchronize(self.device)
-            return time.perf_counter() - start
+        return watch.seconds
 
-    def breakdown_call(self, index: int, timer: "_StageTimer") -> dict[str, float]:
+    def breakdown_call(self, index: int, timer: StageTimer) -> dict[str, float]:
         """Seconds per stage of one call (and the remainder, and the call's total); needs `timer` hooked in."""
         batch = self.batch(index)
         timer.reset()
-        with self._autocast():
-            synchronize(self.device)
-            start = time.perf_counter()
+        with self._autocast(), Stopwatch(self.device) as watch:
             outputs = self._callable(batch)
-            synchronize(self.device)
-            total = time.perf_counter() - start
         del outputs
+        total = watch.seconds
         stages = timer.stage_seconds()
         stages[REMAINDER_STAGE] = total - sum(stages.values())
         stages["total"] = total
@@ -393,8 +375,8 @@ class SpeedRun:
             handle.remove()
 
     @contextlib.contextmanager
-    def stage_timer(self) -> Iterator["_StageTimer"]:
-        timer = _StageTimer(self.device)
+    def stage_timer(self) -> Iterator[StageTimer]:
+        timer = StageTimer(self.device)
         handles = []
         for stage, names in self.split.stages.items():
             for dotted in names:
@@ -442,54 +424,6 @@ class SpeedRun:
         return (self.weights_bytes + transient) / 2**20
 
 
-class _StageTimer:
-    """Forward pre/post hooks that add each stage submodule's time to its stage.
-
-    On a GPU each call is bracketed by CUDA events (no host sync inside the call; the spans are read after the
-    call's final sync); elsewhere by the protocol's `synchronize` + perf_counter.
-    """
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.use_events = device.type == "cuda"
-        self._open: dict[str, list[Any]] = {}
-        self._spans: list[tuple[str, Any, Any]] = []
-        self._stage_of: dict[str, str] = {}
-
-    def reset(self) -> None:
-        self._open.clear()
-        self._spans.clear()
-
-    def _mark(self) -> Any:
-        if self.use_events:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            return event
-        synchronize(self.device)
-        return time.perf_counter()
-
-    def pre_hook(self, stage: str, dotted: str) -> Callable:
-        self._stage_of[dotted] = stage
-
-        def hook(module, args):
-            self._open.setdefault(dotted, []).append(self._mark())
-
-        return hook
-
-    def post_hook(self, dotted: str) -> Callable:
-        def hook(module, args, output):
-            start = self._open[dotted].pop()
-            self._spans.append((self._stage_of[dotted], start, self._mark()))
-
-        return hook
-
-    def stage_seconds(self) -> dict[str, float]:
-        seconds = {stage: 0.0 for stage in dict.fromkeys(self._stage_of.values())}
-        for stage, start, end in self._spans:
-            seconds[stage] += start.elapsed_time(end) / 1e3 if self.use_events else end - start
-        return seconds
-
-
 def _find(model: nn.Module, dotted: str, model_class: str) -> nn.Module | None:
     """The submodule `dotted`, None if that attribute is None (an optional part switched off); a name the model
     lacks altogether is an error in SPLITS."""
@@ -528,15 +462,6 @@ def _check_split(model: nn.Module, split: ModelSplit, model_class: str) -> tuple
 
 
 # ------------------------------------------------------------------------------------------------ the protocol
-
-
-def _round_robin(runs: list[SpeedRun], calls: int, fn: Callable[[SpeedRun, int], Any]) -> list[list[Any]]:
-    """fn(run, i) for i in range(calls), alternating the runs call by call: A0 B0 A1 B1 ..."""
-    results: list[list[Any]] = [[] for _ in runs]
-    for index in range(calls):
-        for position, run in enumerate(runs):
-            results[position].append(fn(run, index))
-    return results
 
 
 def _median_stages(calls: list[dict[str, float]]) -> dict[str, float]:
@@ -580,7 +505,7 @@ def measure(
         with contextlib.ExitStack() as probes:
             for run in runs:
                 probes.enter_context(run.network_input_probe())
-            _round_robin(runs, warmup, lambda run, i: run.warmup_call(i))
+            round_robin(runs, warmup, lambda run, i: run.warmup_call(i))
             unseen = [run.unseen_size_batches(warmup) for run in runs]
             for position in range(max(len(indices) for indices in unseen)):
                 for run, indices in zip(runs, unseen):

@@ -5,18 +5,15 @@ category ids with gaps (mapped to contiguous labels sorted by id), polygon / com
 masks, crowd regions (kept, flagged by `iscrowd`), images without annotations, grayscale / CMYK / palette / RGBA
 images, and degenerate instances (skipped and counted by reason in `dataset.skipped`, or an error with strict=True).
 
-The annotation index is validated once at construction (no image decoding); images and masks are decoded lazily
-in `__getitem__`. Anything structurally wrong is a `DatasetError` whose one-line message names the file and the
-record.
+The annotation index is validated once at construction (no image decoding; datamodules/annotations.py); images
+and masks are decoded lazily in `__getitem__`. Anything structurally wrong is a `DatasetError` whose one-line
+message names the file and the record.
 """
 from __future__ import annotations
 
-import json
-import math
 import os
 import pickle
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,107 +27,28 @@ from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.v2 import functional as F
 
+# The annotation index (SKIP_REASONS stays importable from here, beside the dataset that counts by it).
+from datamodules.annotations import (  # noqa: F401
+    SKIP_REASONS,
+    ImageRecord,
+    InstanceRecord,
+    count_skip,
+    index_annotations,
+    load_annotation_json,
+    one_line,
+    parse_categories,
+    read_categories,
+    record_error,
+)
 from datamodules.errors import DatasetError
 from datamodules.sampler import GroupedBatchSampler, orientation_groups
 from datamodules.transforms import build_eval_transforms, build_train_transforms
-
-
-# Why an instance was left out of the targets: reason -> what it means. `dataset.skipped` counts these.
-SKIP_REASONS = {
-    "box_too_small": "bbox width or height is below 1 pixel",
-    "box_outside_image": "bbox keeps less than 1 pixel of width or height inside the image",
-    "polygon_too_few_points": "no polygon part has 3 or more points",
-    "polygon_part_too_few_points": "a polygon part has fewer than 3 points (that part dropped, instance kept)",
-    "empty_rle": "RLE mask has zero area",
-    "empty_mask": "mask decodes to zero pixels",
-}
 
 
 def coco_layout(root: str | os.PathLike, split: str) -> tuple[str, str]:
     """(image_dir, ann_file) of `split` (e.g. "val2017") in the COCO 2017 layout under `root`."""
     root = Path(root)
     return str(root / split), str(root / "annotations" / f"instances_{split}.json")
-
-
-def _one_line(text: Any) -> str:
-    return " ".join(str(text).split())
-
-
-def load_annotation_json(ann_file: str) -> dict:
-    """The parsed annotation file; DatasetError if it is missing, unreadable or not a JSON object."""
-    try:
-        with open(ann_file, "rb") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise DatasetError(f"{ann_file}: annotation file not found") from None
-    except json.JSONDecodeError as err:
-        raise DatasetError(
-            f"{ann_file}: not valid JSON: {err.msg} at line {err.lineno} column {err.colno} (char {err.pos})"
-        ) from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise DatasetError(f"{ann_file}: cannot read annotation file: {_one_line(err)}") from None
-    if not isinstance(data, dict):
-        raise DatasetError(f"{ann_file}: top level must be a JSON object, got {type(data).__name__}")
-    return data
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _records(data: dict, key: str, ann_file: str, required: bool = True) -> list:
-    if key not in data:
-        if required:
-            raise DatasetError(f"{ann_file}: missing top-level key '{key}'")
-        return []
-    if not isinstance(data[key], list):
-        raise DatasetError(f"{ann_file}: '{key}' must be a list, got {type(data[key]).__name__}")
-    return data[key]
-
-
-def parse_categories(data: dict, ann_file: str) -> list[tuple[int, str]]:
-    """[(category_id, name)] sorted by id: the position in this list is the contiguous label."""
-    categories = {}
-    for position, record in enumerate(_records(data, "categories", ann_file)):
-        cat_id = record.get("id") if isinstance(record, dict) else None
-        if not _is_int(cat_id):
-            raise DatasetError(f"{ann_file}: category #{position}: 'id' missing or not an integer")
-        if cat_id in categories:
-            raise DatasetError(f"{ann_file}: category id {cat_id}: duplicate id")
-        name = record.get("name")
-        if not isinstance(name, str):
-            raise DatasetError(f"{ann_file}: category id {cat_id}: 'name' missing or not a string")
-        categories[cat_id] = name
-    if not categories:
-        raise DatasetError(f"{ann_file}: 'categories' is empty")
-    return sorted(categories.items())
-
-
-def read_categories(ann_file: str) -> list[tuple[int, str]]:
-    """Categories of an annotation file, without indexing its images or annotations."""
-    return parse_categories(load_annotation_json(ann_file), ann_file)
-
-
-@dataclass(frozen=True)
-class InstanceRecord:
-    ann_id: int
-    label: int  # contiguous, 0..C-1
-    iscrowd: int
-    box: tuple[float, float, float, float]  # xyxy, clamped to the image
-    segmentation: list | dict  # polygon parts with >= 3 points, or an RLE dict (counts: list or str)
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    image_id: int
-    file_name: str
-    height: int
-    width: int
-    instances: list[InstanceRecord]
 
 
 class _PackedRecords:
@@ -191,7 +109,7 @@ class CocoInstanceDataset(Dataset):
         self.label_to_cat_id = [cat_id for cat_id, _ in self.categories]
         self.class_names = [name for _, name in self.categories]
         self.num_classes = len(self.categories)
-        records = self._build_index(data)
+        records = index_annotations(data, self.ann_file, self.categories, self.strict, self.skipped)
         del data
         self._check_image_files(records)
         if skip_empty:
@@ -202,124 +120,10 @@ class CocoInstanceDataset(Dataset):
     # ------------------------------------------------------------------------------------------ index (once)
 
     def _error(self, record: str, problem: str) -> DatasetError:
-        return DatasetError(f"{self.ann_file}: {record}: {problem}")
+        return record_error(self.ann_file, record, problem)
 
     def _skip(self, reason: str, record: str, count: int = 1) -> None:
-        if self.strict:
-            raise self._error(record, f"degenerate instance ({reason}: {SKIP_REASONS[reason]}); strict mode")
-        self.skipped[reason] += count
-
-    def _build_index(self, data: dict) -> list[ImageRecord]:
-        images: dict[int, dict] = {}
-        for position, image in enumerate(_records(data, "images", self.ann_file)):
-            image_id = image.get("id") if isinstance(image, dict) else None
-            if not _is_int(image_id):
-                raise self._error(f"image #{position}", "'id' missing or not an integer")
-            where = f"image id {image_id}"
-            if image_id in images:
-                raise self._error(where, "duplicate id")
-            if not isinstance(image.get("file_name"), str) or not image["file_name"]:
-                raise self._error(where, "'file_name' missing or not a string")
-            for key in ("width", "height"):
-                if not _is_int(image.get(key)) or image[key] <= 0:
-                    raise self._error(where, f"'{key}' missing or not a positive integer")
-            images[image_id] = image
-
-        cat_id_to_label = {cat_id: label for label, (cat_id, _) in enumerate(self.categories)}
-        instances: dict[int, list[InstanceRecord]] = {image_id: [] for image_id in images}
-        seen_ann_ids: set[int] = set()
-        for position, ann in enumerate(_records(data, "annotations", self.ann_file, required=False)):
-            ann_id = ann.get("id") if isinstance(ann, dict) else None
-            if not _is_int(ann_id):
-                raise self._error(f"annotation #{position}", "'id' missing or not an integer")
-            if ann_id in seen_ann_ids:
-                raise self._error(f"annotation id {ann_id}", "duplicate id")
-            seen_ann_ids.add(ann_id)
-            image_id = ann.get("image_id")
-            image = images.get(image_id) if _is_int(image_id) else None
-            if image is None:
-                raise self._error(f"annotation id {ann_id}", f"image_id {image_id!r} is not in 'images'")
-            where = f"annotation id {ann_id} (image id {image['id']})"
-            category_id = ann.get("category_id")
-            label = cat_id_to_label.get(category_id) if _is_int(category_id) else None
-            if label is None:
-                raise self._error(where, f"category_id {category_id!r} is not in 'categories'")
-            instance = self._index_instance(ann, image, label, where)
-            if instance is not None:
-                instances[image["id"]].append(instance)
-
-        return [
-            ImageRecord(image_id, image["file_name"], image["height"], image["width"], instances[image_id])
-            for image_id, image in images.items()
-        ]
-
-    def _index_instance(self, ann: dict, image: dict, label: int, where: str) -> InstanceRecord | None:
-        height, width = image["height"], image["width"]
-        iscrowd = ann.get("iscrowd", 0)
-        if iscrowd not in (0, 1):
-            raise self._error(where, f"'iscrowd' must be 0 or 1, got {iscrowd!r}")
-        bbox = ann.get("bbox")
-        if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
-            raise self._error(where, f"'bbox' missing or not 4 finite numbers [x, y, w, h]: {bbox!r}")
-        if "segmentation" not in ann:
-            raise self._error(where, "'segmentation' missing")
-
-        x, y, w, h = bbox
-        if w < 1 or h < 1:
-            self._skip("box_too_small", where)
-            return None
-        # COCO boxes overshoot the image by fractions of a pixel; targets are clamped (as torchvision's reference).
-        x1, x2 = min(max(x, 0.0), width), min(max(x + w, 0.0), width)
-        y1, y2 = min(max(y, 0.0), height), min(max(y + h, 0.0), height)
-        if x2 - x1 < 1 or y2 - y1 < 1:
-            self._skip("box_outside_image", where)
-            return None
-
-        segmentation = self._index_segmentation(ann["segmentation"], height, width, where)
-        if segmentation is None:
-            return None
-        box = (float(x1), float(y1), float(x2), float(y2))
-        return InstanceRecord(ann["id"], label, int(iscrowd), box, segmentation)
-
-    def _index_segmentation(self, seg: Any, height: int, width: int, where: str) -> list | dict | None:
-        if isinstance(seg, list):
-            # Coordinates are checked when decoding (pycocotools raises on non-numbers); lengths are checked here
-            # because pycocotools reads a 4-number part as a box, not a 2-point polygon.
-            if not all(isinstance(part, list) for part in seg):
-                raise self._error(where, "polygon 'segmentation' must be a list of lists of coordinates")
-            for index, part in enumerate(seg):
-                if len(part) % 2:
-                    raise self._error(where, f"polygon part {index} has an odd number of coordinates ({len(part)})")
-            parts = [part for part in seg if len(part) >= 6]
-            if not parts:
-                self._skip("polygon_too_few_points", where)
-                return None
-            if len(parts) < len(seg):
-                self._skip("polygon_part_too_few_points", where, count=len(seg) - len(parts))
-            return parts
-        if isinstance(seg, dict):
-            size, counts = seg.get("size"), seg.get("counts")
-            if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) for v in size)):
-                raise self._error(where, f"RLE 'size' must be [height, width], got {size!r}")
-            if size != [height, width]:
-                raise self._error(where, f"RLE size {size} does not match the image size [{height}, {width}]")
-            if isinstance(counts, list):
-                if not all(_is_int(v) and v >= 0 for v in counts):
-                    raise self._error(where, "uncompressed RLE 'counts' must be non-negative integers")
-                if sum(counts) != height * width:
-                    raise self._error(where, f"uncompressed RLE counts sum to {sum(counts)}, expected {height * width}")
-                area = sum(counts[1::2])
-            elif isinstance(counts, str):
-                area = int(mask_utils.area({"size": size, "counts": counts.encode("ascii", "replace")}))
-                if area > height * width:
-                    raise self._error(where, "compressed RLE 'counts' is not a valid RLE string")
-            else:
-                raise self._error(where, "RLE 'counts' must be a list of integers or a string")
-            if area == 0:
-                self._skip("empty_rle", where)
-                return None
-            return {"size": size, "counts": counts}
-        raise self._error(where, f"'segmentation' must be polygons (list) or RLE (dict), got {type(seg).__name__}")
+        count_skip(self.skipped, self.strict, self.ann_file, reason, record, count)
 
     def _check_image_files(self, records: list[ImageRecord]) -> None:
         # One directory listing instead of a stat per image: cheap even for 118k files on a network file system.
@@ -364,7 +168,7 @@ class CocoInstanceDataset(Dataset):
         try:
             encoded = read_file(path)
         except (OSError, RuntimeError) as err:
-            raise self._error(where, f"cannot read image file {path}: {_one_line(err)}") from None
+            raise self._error(where, f"cannot read image file {path}: {one_line(err)}") from None
         try:
             image = decode_image(encoded, mode=ImageReadMode.RGB, apply_exif_orientation=False)
         except RuntimeError:
@@ -390,7 +194,7 @@ class CocoInstanceDataset(Dataset):
                     pil = pil.convert("RGBA")
                 return F.pil_to_tensor(pil.convert("RGB"))
         except (OSError, ValueError, Image.DecompressionBombError) as err:
-            raise self._error(where, f"cannot decode image file {path}: {_one_line(err)}") from None
+            raise self._error(where, f"cannot decode image file {path}: {one_line(err)}") from None
 
     def _decode_masks(self, record: ImageRecord) -> tuple[list[InstanceRecord], np.ndarray]:
         """The instances whose mask is not empty, and their masks uint8 [N,H,W]."""
@@ -414,7 +218,7 @@ class CocoInstanceDataset(Dataset):
                     mask_utils.decode(rle)
                 except ValueError as err:
                     raise self._error(
-                        f"annotation id {inst.ann_id} (image id {record.image_id})", f"invalid RLE: {_one_line(err)}"
+                        f"annotation id {inst.ann_id} (image id {record.image_id})", f"invalid RLE: {one_line(err)}"
                     ) from None
             raise
         return kept_instances, np.ascontiguousarray(masks.transpose(2, 0, 1))
@@ -430,7 +234,7 @@ class CocoInstanceDataset(Dataset):
         except (TypeError, ValueError, UnicodeEncodeError) as err:
             raise self._error(
                 f"annotation id {inst.ann_id} (image id {record.image_id})",
-                f"cannot rasterise 'segmentation': {_one_line(err)}",
+                f"cannot rasterise 'segmentation': {one_line(err)}",
             ) from None
 
 

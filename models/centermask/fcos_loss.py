@@ -1,24 +1,11 @@
-"""Pieces of the FCOS losses (the terms themselves: loss.py): the cross-process normaliser and centermask2's
-smoothed GIoU loss. torchvision's generalized_box_iou_loss has no smoothing (the official is 1.5% lower on the
-audit's parity case), hence `smoothed_giou_loss`.
+"""A piece of the FCOS losses (the terms themselves: loss.py; the cross-process normaliser:
+models/common/distributed.py): centermask2's smoothed GIoU loss. torchvision's generalized_box_iou_loss has no
+smoothing (the official is 1.5% lower on the audit's parity case), hence `smoothed_giou_loss`.
 """
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
-
-
-def mean_over_processes(value: float, device: torch.device) -> float:
-    """The mean of a per-process number over the data-parallel processes (the value itself when not distributed).
-
-    The normalisers must be the same on every process, or the processes would weight their gradients differently.
-    """
-    if not (dist.is_available() and dist.is_initialized()):
-        return value
-    total = torch.tensor([value], dtype=torch.float32, device=device)
-    dist.all_reduce(total)
-    return float(total) / dist.get_world_size()
 
 
 def smoothed_giou_loss(predicted: Tensor, targets: Tensor) -> Tensor:

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import sigmoid_focal_loss
 
-from models.centermask.fcos_loss import mean_over_processes, smoothed_giou_loss
+from models.centermask.fcos_loss import smoothed_giou_loss
+from models.common.distributed import mean_over_processes
 from models.centermask.fcos_targets import assign_targets, centerness_targets, size_ranges_per_level
 from models.centermask.mask_targets import mask_crops
 

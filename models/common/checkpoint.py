@@ -57,18 +57,24 @@ def check_converted_state_dict(
     return mapped
 
 
-def read_state_dict(path: str, expected: str, under_model: bool = True, hint: str = "") -> dict[str, torch.Tensor]:
-    """The tensors of a foreign weights file, loaded weights-only (no pickled code runs): the file itself as a state
-    dict or, when `under_model`, the state dict under its "model" entry (detectron2's layout). A missing file raises
-    FileNotFoundError; anything else unreadable or not a non-empty dict of tensors is a ValueError naming the file
-    and what was `expected`; `hint` is added to the unreadable-file message."""
+def load_weights_file(path: str, hint: str = "") -> object:
+    """The content of a foreign weights file, loaded weights-only (no pickled code runs). A missing file raises
+    FileNotFoundError; anything else unreadable is a ValueError naming the file, with `hint` added."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise
     except Exception as error:  # torch raises several types for a file it cannot read safely
         raise ValueError(f"{path}: cannot be read as a weights-only torch file ({error}){hint}".replace("\n", " ")) \
             from error
+
+
+def read_state_dict(path: str, expected: str, under_model: bool = True, hint: str = "") -> dict[str, torch.Tensor]:
+    """The tensors of a foreign weights file (`load_weights_file`): the file itself as a state dict or, when
+    `under_model`, the state dict under its "model" entry (detectron2's layout). A missing file raises
+    FileNotFoundError; anything else unreadable or not a non-empty dict of tensors is a ValueError naming the file
+    and what was `expected`; `hint` is added to the unreadable-file message."""
+    checkpoint = load_weights_file(path, hint)
     state = checkpoint
     if under_model and isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
         state = checkpoint["model"]

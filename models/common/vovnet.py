@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import re
 
-import torch
 from timm.layers import EffectiveSEModule, convert_sync_batchnorm
 from timm.models.vovnet import VovNet, model_cfgs
 from torch import Tensor, nn
 
 from models.common.backbone import NORMS, freeze_norm
+from models.common.checkpoint import load_weights_file, rename_key
 
 # The configurations of timm's VoVNet module (its registered models and `ese_vovnet19b`), by name.
 VOVNET_CONFIGS = tuple(sorted(model_cfgs))
@@ -128,21 +128,15 @@ class VoVNetBackbone(nn.Module):
 def official_key(key: str) -> str | None:
     """An official VoVNet key (relative to the backbone: "stage3.OSA3_1.ese.fc.weight") -> this module's
     `body` key ("stages.1.blocks.0.attn.fc.weight"), or None when the key is not a VoVNet tensor."""
-    for pattern, rewrite in _OFFICIAL_PATTERNS:
-        match = pattern.match(key)
-        if match:
-            return rewrite(match)
-    return None
+    return rename_key(key, _OFFICIAL_PATTERNS)
 
 
 def load_official_weights(body: nn.Module, path: str) -> None:
     """Copy official VoVNet weights from `path` into timm's `VovNet` module `body` (strict on the backbone)."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = load_weights_file(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"VoVNet backbone: pretrained_path {path!r} is not a file") from None
-    except Exception as error:  # torch raises several types for a file it cannot read safely
-        raise ValueError(f"{path}: cannot be read as a weights-only torch file ({error})".replace("\n", " ")) from error
     state = checkpoint
     if isinstance(checkpoint, dict):
         for wrapper in ("model", "state_dict"):

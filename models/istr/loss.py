@@ -14,10 +14,10 @@ keeps the logs readable).
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
+from models.common.distributed import mean_over_processes
 from models.istr.head import StageOutput
 from models.istr.matcher import HungarianMatcher, MatchTarget
 
@@ -54,7 +54,8 @@ class ISTRLoss:
 
     def __call__(self, stages: list[StageOutput], targets: list[MatchTarget], codec) -> dict[str, Tensor]:
         device = stages[-1].boxes.device
-        num_boxes = _average_count(sum(len(t.labels) for t in targets), device)
+        # Ground truths per process averaged over the processes, at least 1: the official loss normaliser.
+        num_boxes = max(mean_over_processes(float(sum(len(t.labels) for t in targets)), device), 1.0)
         truth = _concatenate(targets)
         offsets = [0]
         for target in targets[:-1]:
@@ -130,15 +131,3 @@ def _matched_pairs(matches: list[tuple[Tensor, Tensor]], offsets: list[int], dev
     if device.type == "cuda":
         return pairs.pin_memory().to(device, non_blocking=True)
     return pairs.to(device)
-
-
-def _average_count(count: int, device: torch.device) -> float:
-    """Ground truths per process, averaged over all processes (>= 1): the official loss normaliser.
-
-    A single process needs no tensor (and so no host-device round trip).
-    """
-    if not (dist.is_available() and dist.is_initialized()):
-        return max(float(count), 1.0)
-    total = torch.tensor(float(count), device=device)
-    dist.all_reduce(total)
-    return max(float(total) / dist.get_world_size(), 1.0)

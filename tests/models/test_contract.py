@@ -62,7 +62,7 @@ TINY_CONFIGS = {
         anchor_scales=[8, 16, 32, 64, 128],
         detections_per_img=20,
     ),
-    # The data-free DCT codec: a fresh PCA codec needs a fit on data first (tests/models/test_istr.py covers it).
+    # The data-free DCT codec: a fresh PCA codec needs a fit on data first (tests/models/istr/test_model.py covers it).
     "istr": dict(
         backbone="resnet18", norm="bn", frozen_stages=0, fpn_channels=32, min_size=64, max_size=96, num_queries=10,
         num_stages=2, num_heads=4, dim_feedforward=64, dynamic_dim=8, codec="dct", codec_components=16,
