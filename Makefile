@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml Makefile
 
 # Every architecture's quickstart config on the synthetic default: train, evaluate, benchmark, then the leaderboard
 # table (printed) and the AP-vs-FPS plot in results/quickstart/leaderboard/. Measured on a fresh clone with 2 CPU
-# cores: 10 min 19 s, the venv install included. A GPU is used when present.
+# cores, partly shared with a test run: 17 min 22 s, the venv install (about 2 min) included. A GPU is used when present.
 demo: install
 	$(VENV)/bin/maskbench quickstart
 
