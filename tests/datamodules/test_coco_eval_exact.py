@@ -9,11 +9,9 @@ import numpy as np
 import pytest
 from faster_coco_eval import COCO as FasterCOCO
 from faster_coco_eval import COCOeval_faster
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 from datamodules.coco_eval_exact import exact_faster_cocoeval
-from tests.datamodules.test_evaluation import build_coco_fixture, results_records
+from tests.datamodules.test_evaluation import build_coco_fixture, classic_cocoeval, results_records
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -29,14 +27,8 @@ def test_exact_engine_reproduces_pycocotools_arrays(tmp_path, seed):
     image_ids = sorted(t["image_id"] for t in targets)[3:19] if seed == 3 else None
     for iou_type in ("bbox", "segm"):
         typed = records if iou_type == "bbox" else [{k: v for k, v in r.items() if k != "bbox"} for r in records]
+        reference = classic_cocoeval(ann_file, records, iou_type, image_ids)
         with contextlib.redirect_stdout(io.StringIO()):
-            coco_gt = COCO(ann_file)
-            reference = COCOeval(coco_gt, coco_gt.loadRes(copy.deepcopy(typed)), iou_type)
-            if image_ids is not None:
-                reference.params.imgIds = image_ids
-            reference.evaluate()
-            reference.accumulate()
-            reference.summarize()
             faster_gt = FasterCOCO(ann_file)
             ours = exact_faster_cocoeval(faster_gt, faster_gt.loadRes(copy.deepcopy(typed)), iou_type, image_ids)
             raw = COCOeval_faster(faster_gt, faster_gt.loadRes(copy.deepcopy(typed)), iou_type)

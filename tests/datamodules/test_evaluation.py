@@ -155,9 +155,10 @@ def results_records(preds, targets):
     return records
 
 
-def classic_pycocotools(ann_file, records, iou_type, image_ids=None):
-    """COCOeval the classic way on a fresh ground-truth object. segm records go in without "bbox" so that
-    pycocotools takes a detection's area from its mask (the evaluator's documented convention)."""
+def classic_cocoeval(ann_file, records, iou_type, image_ids=None) -> COCOeval:
+    """COCOeval the classic way on a fresh ground-truth object, evaluated, accumulated and summarised. segm records go
+    in without "bbox" so that pycocotools takes a detection's area from its mask (the evaluator's documented
+    convention)."""
     if iou_type == "segm":
         records = [{k: v for k, v in r.items() if k != "bbox"} for r in records]
     with contextlib.redirect_stdout(io.StringIO()):
@@ -168,7 +169,12 @@ def classic_pycocotools(ann_file, records, iou_type, image_ids=None):
         coco_eval.evaluate()
         coco_eval.accumulate()
         coco_eval.summarize()
-    return dict(zip(STAT_NAMES, coco_eval.stats.tolist()))
+    return coco_eval
+
+
+def classic_pycocotools(ann_file, records, iou_type, image_ids=None):
+    """The summary stats of `classic_cocoeval`, by name."""
+    return dict(zip(STAT_NAMES, classic_cocoeval(ann_file, records, iou_type, image_ids).stats.tolist()))
 
 
 @pytest.fixture(scope="module")
