@@ -2,7 +2,7 @@
 
     boxes [B, N, 4] (pixels of the resized input), queries [B, N, C]
     for each stage (separate weights):
-      RoIAlign 7x7 on P2..P5 (level by box size)                        -> roi [B*N, 49, C]
+      RoIAlign 7x7 on P2..P5 (level by box size, LevelRoIAlign)         -> roi [B*N, 49, C]
       self-attention among the N queries of an image, residual + LN
       dynamic interaction(query, roi), residual + LN
       FFN C -> F -> C (ELU), residual + LN                                -> queries for the next stage
@@ -18,12 +18,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
-from torchvision.ops import roi_align
-from torchvision.ops.poolers import LevelMapper
 
 from models.common.box_coder import Float32BoxCoder
+from models.common.roi_pooler import LevelRoIAlign
 from models.istr.interaction import DynamicInteraction
 
 BOX_WEIGHTS = (2.0, 2.0, 1.0, 1.0)
@@ -35,63 +33,6 @@ def istr_box_coder() -> Float32BoxCoder:
     """(dx, dy, dw, dh) deltas with weights (2, 2, 1, 1) and the official clamp; decode_single (float32, no host
     sync) / encode_single."""
     return Float32BoxCoder(weights=BOX_WEIGHTS, bbox_xform_clip=BOX_SCALE_CLAMP)
-
-
-class MultiLevelRoIAlign(nn.Module):
-    """RoIAlign over pyramid levels, each box on the level its size selects (FPN's rule, canonical 224 px at P4).
-
-    torchvision's MultiScaleRoIAlign is the same except that it cannot use the pixel-aligned RoIAlign (its
-    `aligned` is fixed to False), which the official head uses (ROIAlignV2); the level rule is torchvision's
-    LevelMapper.
-
-    Boxes, levels and RoIAlign stay float32 under mixed precision (bfloat16 would round RoI corners to 4-8 px steps);
-    the pooled features take the features' dtype.
-
-    Two ways to pick each box's level, with equal results: on the CPU, every level pools only its own boxes
-    (`nonzero`); elsewhere every level pools every box and a gather picks each box's level, so the shapes are fixed
-    and nothing waits for the device (4 small RoIAligns of B*N boxes instead of a host sync per level and stage).
-    `gather_levels` forces one way (None: by device).
-
-    `forward(features: list[Tensor[B, C, H_l, W_l]], boxes: Tensor[B, N, 4]) -> Tensor[B*N, C, S, S]`.
-    """
-
-    def __init__(self, strides: list[int], output_size: int = 7, sampling_ratio: int = 2,
-                 gather_levels: bool | None = None):
-        super().__init__()
-        levels = [int(round(math.log2(stride))) for stride in strides]
-        if levels != list(range(levels[0], levels[0] + len(levels))):
-            raise ValueError(f"MultiLevelRoIAlign: strides must be consecutive powers of two, got {strides}")
-        self.scales = [1.0 / stride for stride in strides]
-        self.output_size = output_size
-        self.sampling_ratio = sampling_ratio
-        self.gather_levels = gather_levels
-        self.mapper = LevelMapper(levels[0], levels[-1])
-
-    def forward(self, features: list[Tensor], boxes: Tensor) -> Tensor:
-        batch, num_boxes = boxes.shape[:2]
-        flat = boxes.reshape(-1, 4).float()
-        image_index = torch.arange(batch, device=boxes.device, dtype=torch.float32).repeat_interleave(num_boxes)
-        rois = torch.cat([image_index[:, None], flat], dim=1)
-        dtype = features[0].dtype
-        if len(features) == 1:
-            return self._pool(features[0], rois, self.scales[0]).to(dtype)
-        levels = self.mapper([flat])
-        gather = self.gather_levels if self.gather_levels is not None else flat.device.type != "cpu"
-        if gather:
-            every = torch.stack([self._pool(f, rois, scale) for f, scale in zip(features, self.scales)])
-            return every[levels, torch.arange(flat.shape[0], device=flat.device)].to(dtype)
-        out = features[0].new_zeros((flat.shape[0], features[0].shape[1], self.output_size, self.output_size))
-        for level, (feature, scale) in enumerate(zip(features, self.scales)):
-            index = torch.nonzero(levels == level).squeeze(1)
-            if index.numel():
-                out[index] = self._pool(feature, rois[index], scale).to(dtype)
-        return out
-
-    def _pool(self, feature: Tensor, rois: Tensor, scale: float) -> Tensor:
-        # float32 (torchvision's autocast wrapper would up-cast the level anyway; half-precision weights outside
-        # autocast would otherwise meet float32 RoIs).
-        return roi_align(feature.float(), rois, self.output_size, spatial_scale=scale,
-                         sampling_ratio=self.sampling_ratio, aligned=True)
 
 
 def _tower(width: int, depth: int) -> nn.Sequential:
@@ -146,10 +87,10 @@ class ISTRStage(nn.Module):
         self.box_coder = istr_box_coder()
 
     def forward(
-        self, features: list[Tensor], boxes: Tensor, queries: Tensor, pooler: MultiLevelRoIAlign
+        self, features: list[Tensor], boxes: Tensor, queries: Tensor, pooler: LevelRoIAlign
     ) -> tuple[StageOutput, Tensor]:
         batch, num_queries = boxes.shape[:2]
-        roi = pooler(features, boxes)  # [B*N, C, S, S]
+        roi = pooler(features, list(boxes.unbind(0)))  # [B*N, C, S, S]
         roi = roi.flatten(2).transpose(1, 2)  # [B*N, S*S, C]
 
         attended = self.self_attn(queries, queries, queries, need_weights=False)[0]
@@ -198,7 +139,10 @@ class DynamicHead(nn.Module):
         prior_prob: float = 0.01,
     ):
         super().__init__()
-        self.pooler = MultiLevelRoIAlign(strides, pooler_resolution, sampling_ratio=2)
+        # The official ROIPooler: ROIAlignV2, sampling 2, detectron2's FPN level rule; gathered off the CPU so that
+        # the six stages never wait for the device.
+        self.pooler = LevelRoIAlign(strides, pooler_resolution, level_rule="mask_rcnn", sampling_ratio=2,
+                                    aligned=True, gather_levels=None)
         self.stages = nn.ModuleList(
             ISTRStage(num_classes, mask_dim, hidden_dim, num_heads, dim_feedforward, dynamic_dim, pooler_resolution,
                       num_cls_layers, num_reg_layers, num_mask_layers, dropout)

@@ -127,13 +127,13 @@ def test_autocast_outputs_are_finite_float32_and_boxes_within_a_pixel(name, prec
     assert score_error <= 0.01, f"{name} {precision}: matched scores differ by {score_error:.4f}"
 
 
-@pytest.mark.parametrize("pooler_kind", ["level_roi_align", "istr"])
+@pytest.mark.parametrize("level_rule, gather", [("scale_adaptive", False), ("mask_rcnn", True)])
 @pytest.mark.parametrize("precision", sorted(PRECISIONS))
-def test_poolers_keep_rois_float32_under_autocast(pooler_kind, precision):
+def test_poolers_keep_rois_float32_under_autocast(level_rule, gather, precision):
     """RoIs at fractional corners above 512 px pool the same features as float32 RoIs would (bfloat16 would move
-    them by up to 2 px; float16 overflowed CenterMask's image areas). Only the pooled output takes the low dtype."""
+    them by up to 2 px; float16 overflowed CenterMask's image areas), on CenterMask's path (scale-adaptive, per
+    level) and ISTR's (FPN rule, gathered). Only the pooled output takes the low dtype."""
     from models.common.roi_pooler import LevelRoIAlign
-    from models.istr.head import MultiLevelRoIAlign
 
     dtype = PRECISIONS[precision]
     generator = torch.Generator().manual_seed(0)
@@ -141,12 +141,8 @@ def test_poolers_keep_rois_float32_under_autocast(pooler_kind, precision):
     features = [torch.randn(1, 4, 1024 // s, 1024 // s, generator=generator).to(dtype) for s in strides]
     corners = 520 + torch.rand(6, 2, generator=generator) * 300
     boxes = torch.cat([corners, corners + 40 + torch.rand(6, 2, generator=generator) * 150], dim=1)
-    if pooler_kind == "level_roi_align":
-        pooler = LevelRoIAlign(strides, output_size=7, level_rule="scale_adaptive")
-        call = lambda feats: pooler(feats, [boxes], [(1000, 1000)])  # noqa: E731
-    else:
-        pooler = MultiLevelRoIAlign(strides, output_size=7)
-        call = lambda feats: pooler(feats, boxes[None])  # noqa: E731
+    pooler = LevelRoIAlign(strides, output_size=7, level_rule=level_rule, gather_levels=gather)
+    call = lambda feats: pooler(feats, [boxes], [(1000, 1000)])  # noqa: E731
     expected = call([f.float() for f in features])
     with torch.autocast("cpu", dtype=dtype):
         pooled = call(features)

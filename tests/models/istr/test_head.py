@@ -1,4 +1,4 @@
-"""ISTR head pieces: dynamic interaction, box deltas, RoI levels (and their gather), focal prior, grid proposals."""
+"""ISTR head pieces: dynamic interaction, box deltas, RoI levels, a sync-free head, focal prior, grid proposals."""
 import math
 
 import pytest
@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torchvision.ops import roi_align
 
 from models.istr import ISTR
-from models.istr.head import BOX_SCALE_CLAMP, MultiLevelRoIAlign, istr_box_coder
+from models.istr.head import BOX_SCALE_CLAMP, istr_box_coder
 from models.istr.interaction import DynamicInteraction
 from models.istr.model import initial_proposals
 from tests.models.istr.common import TINY
@@ -50,17 +50,24 @@ def test_box_deltas_apply_and_invert_with_weights_2_2_1_1():
     assert float(clamped[0, 2] - clamped[0, 0]) == pytest.approx(40 * math.exp(BOX_SCALE_CLAMP), rel=1e-4)
 
 
-def test_rois_are_pooled_from_the_level_their_size_selects():
+def test_rois_are_pooled_from_the_level_detectron2s_rule_selects():
+    """The head pools with the shared LevelRoIAlign as the official ROIPooler does: ROIAlignV2, sampling 2, levels by
+    detectron2's floor(4 + log2(sqrt(area) / 224 + 1e-8)), so a box a hair under 224 px stays on P3."""
     torch.manual_seed(0)
-    pooler = MultiLevelRoIAlign([4, 8, 16, 32], output_size=7)
-    features = [torch.randn(1, 3, 512 // s, 512 // s) for s in (4, 8, 16, 32)]
-    boxes = torch.tensor([[[0.0, 0.0, 56.0, 56.0], [0.0, 0.0, 224.0, 224.0], [10.0, 10.0, 500.0, 500.0]]])
-    pooled = pooler(features, boxes)
-    assert pooled.shape == (3, 3, 7, 7)
-    # 56 px -> P2 (224 / 4), 224 px -> P4, ~490 px -> P5 (floor(4 + log2(490 / 224)) = 5).
-    for index, level, stride in ((0, 0, 4), (1, 2, 16), (2, 3, 32)):
-        rois = torch.cat([torch.zeros(1, 1), boxes[0, index : index + 1]], 1)
-        expected = roi_align(features[level], rois, 7, 1 / stride, sampling_ratio=2, aligned=True)
+    pooler = ISTR(num_classes=3, **{**TINY, "codec": "dct"}).head.pooler
+    assert (pooler.level_rule, pooler.sampling_ratio, pooler.aligned, pooler.gather_levels) == (
+        "mask_rcnn", 2, True, None)
+    strides = [4, 8, 16, 32]
+    pooler = type(pooler)(strides, 7, pooler.level_rule, pooler.sampling_ratio, pooler.aligned)
+    features = [torch.randn(1, 3, 512 // s, 512 // s) for s in strides]
+    boxes = torch.tensor([[0.0, 0.0, 56.0, 56.0], [0.0, 0.0, 223.9999, 223.9999], [0.0, 0.0, 224.0, 224.0],
+                          [10.0, 10.0, 500.0, 500.0]])
+    assert pooler.levels([boxes]).tolist() == [2, 3, 4, 5]
+    pooled = pooler(features, [boxes])
+    assert pooled.shape == (4, 3, 7, 7)
+    for index, level in enumerate((0, 1, 2, 3)):
+        rois = torch.cat([torch.zeros(1, 1), boxes[index : index + 1]], 1)
+        expected = roi_align(features[level], rois, 7, 1 / strides[level], sampling_ratio=2, aligned=True)
         torch.testing.assert_close(pooled[index : index + 1], expected)
 
 
@@ -87,20 +94,14 @@ def test_grid_proposals_start_on_distinct_cells():
         ISTR(num_classes=3, proposal_init="random", **{**TINY, "codec": "dct"})
 
 
-def test_level_selection_by_gather_equals_the_per_level_pooling_and_never_syncs():
-    """The device path (every level pools every box, a gather picks each box's level) equals the CPU path; with it
-    the whole head (6 stages of pooling and box decoding) runs without a host sync."""
+def test_the_six_stage_head_never_syncs_with_gathered_levels():
+    """With the device path of the pooler (every level pools every box, a gather picks each box's level; equal to
+    the per-level path, see tests/models/common/test_roi_pooler.py) the whole head (6 stages of pooling and box
+    decoding) runs without a host sync."""
     from tests.models.sync_census import SyncCensus
     from tests.models.test_contract import NUM_CLASSES, TINY_CONFIGS
 
     generator = torch.Generator().manual_seed(0)
-    features = [torch.randn(2, 3, 512 // s, 512 // s, generator=generator) for s in (4, 8, 16, 32)]
-    corners = torch.rand(2, 30, 2, generator=generator) * 300
-    boxes = torch.cat([corners, corners + 4 + torch.rand(2, 30, 2, generator=generator) * 400], dim=2)
-    by_level = MultiLevelRoIAlign([4, 8, 16, 32], output_size=7, gather_levels=False)(features, boxes)
-    gathered = MultiLevelRoIAlign([4, 8, 16, 32], output_size=7, gather_levels=True)(features, boxes)
-    assert torch.equal(gathered, by_level)
-
     torch.manual_seed(0)
     model = ISTR(num_classes=NUM_CLASSES, **{**TINY_CONFIGS["istr"], "num_stages": 6}).eval()
     model.head.pooler.gather_levels = True
