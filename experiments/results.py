@@ -12,17 +12,7 @@ records of the runs it had finished, and `maskbench run` with the same settings 
 Settings that only say where output goes or how it is shown (default_root_dir, progress bar, logger) are not part
 of the id.
 
-A record (schema RECORD_SCHEMA):
-    schema, run_id, config_id (the id without the seed: the runs that differ only by seed), status "ok" | "failed",
-    error (null, or the exception's type, message and traceback tail), name (a label), sweep (null, or
-    {name, point {axis: value}, baseline {axis: value}}), model (the MODELS name), model_class, backbone,
-    input_size, dataset {root, val_ann, num_classes, val_images}, seed, config_files, overrides, config (the
-    resolved LightningCLI config), git {revision, dirty}, metrics {"bbox": {12 COCO numbers}, "segm": {...}},
-    metrics_step (the optimizer step the metrics belong to), speed (the benchmarks.speed record; its 95 %
-    intervals fps_ci95 (of the mean FPS) and fps_median_ci95 are [low, high] or null, and absent from records written before them),
-    params, gflops,
-    training {time_s, steps, images, images_per_s, resumed_from_step, devices, strategy, precision},
-    environment, started_at, finished_at, duration_s, paths {run_dir, log_dir, checkpoint}.
+A record (schema RECORD_SCHEMA) is the JSON of an experiments.record.RunRecord; its fields are listed there.
 """
 from __future__ import annotations
 

@@ -37,6 +37,7 @@ from typing import Any, Sequence
 from benchmarks.settings import BenchmarkSettings, add_benchmark_arguments, benchmark_settings
 from experiments import results as store
 from experiments.paths import REPO_ROOT
+from experiments.record import RunRecord
 
 WANDB_MODES = ("offline", "online", "off")
 WANDB_PROJECT = "maskbench"
@@ -89,38 +90,14 @@ def run_experiment(
             hpc_checkpoint.unlink()
     directory.mkdir(parents=True, exist_ok=True)
 
-    record: dict[str, Any] = {
-        "schema": store.RECORD_SCHEMA,
-        "run_id": run_id,
-        "config_id": config_id,
-        "status": "failed",
-        "error": None,
-        "name": label,
-        "sweep": sweep,
-        "model": None,
-        "model_class": None,
-        "backbone": None,
-        "pretrained_weights": None,
-        "input_size": None,
-        "dataset": None,
-        "seed": seed,
-        "config_files": config_files,
-        "overrides": [list(pair) for pair in pairs],
-        "config": None,
-        "git": store.git_revision(REPO_ROOT),
-        "metrics": {},
-        "metrics_step": None,
-        "speed": None,
-        "params": None,
-        "gflops": None,
-        "training": None,
-        "benchmark": asdict(benchmark),
-        "environment": None,
-        "started_at": _now(),
-        "finished_at": None,
-        "duration_s": None,
+    identity = dict(run_id=run_id, config_id=config_id, name=label, sweep=sweep, seed=seed,
+                    config_files=config_files, overrides=[list(pair) for pair in pairs])
+    # What the run finds out as it goes; a failed run's record keeps what it got to.
+    found: dict[str, Any] = {
+        "git": store.git_revision(REPO_ROOT), "benchmark": asdict(benchmark), "started_at": _now(),
         "paths": {"run_dir": str(directory), "log_dir": None, "checkpoint": None},
     }
+    error = None
     print(f"[run {run_id}] {label}: {' '.join(config_files)} {' '.join(overrides)} (seed {seed})", flush=True)
     start = time.perf_counter()
     wandb_run = None
@@ -133,27 +110,28 @@ def run_experiment(
         trainer.callbacks.append(CocoResultsWriter(directory / RESULTS_FILE))
         is_global_zero = trainer.is_global_zero
         wandb_run = _wandb_experiment(trainer)
-        record.update(_describe(cli))
+        found.update(_describe(cli))
         training = _train(trainer, model, datamodule, directory)
-        record["training"] = training
+        found["training"] = training
         metrics, metrics_step = _evaluate(trainer, model, datamodule, training["monitor"])
         del training["monitor"]
-        record.update(metrics=metrics, metrics_step=metrics_step)
-        record["paths"].update(log_dir=trainer.log_dir, checkpoint=_last_checkpoint(directory),
-                               results_json=str(directory / RESULTS_FILE))
+        found.update(metrics=metrics, metrics_step=metrics_step)
+        found["paths"].update(log_dir=trainer.log_dir, checkpoint=_last_checkpoint(directory),
+                              results_json=str(directory / RESULTS_FILE))
         if not is_global_zero:
-            record["status"] = "ok"  # this process's share (training, evaluation) is done; rank 0 writes the record
-            return record
+            # This process's share (training, evaluation) is done; rank 0 writes the record.
+            return RunRecord.ok(**identity, **found).to_dict()
         speed = _benchmark(model, datamodule, benchmark)
-        record.update(
+        found.update(
             speed=speed, params=speed.get("params"), gflops=speed.get("gflops"), environment=speed.get("environment"),
-            input_size=speed.get("input_size") or record["input_size"], status="ok",
+            input_size=speed.get("input_size") or found.get("input_size"),
         )
     except Exception as err:  # noqa: BLE001 — a failed run is a result: recorded, and the caller goes on
-        record["error"] = _error_text(err)
-        print(f"[run {run_id}] {label}: FAILED: {record['error'].splitlines()[0]}", file=sys.stderr, flush=True)
-    record["finished_at"] = _now()
-    record["duration_s"] = time.perf_counter() - start
+        error = _error_text(err)
+        print(f"[run {run_id}] {label}: FAILED: {error.splitlines()[0]}", file=sys.stderr, flush=True)
+    found.update(finished_at=_now(), duration_s=time.perf_counter() - start)
+    outcome = RunRecord.failed(error, **identity, **found) if error else RunRecord.ok(**identity, **found)
+    record = outcome.to_dict()
     if not is_global_zero:
         return record
     path = store.write_record(results_dir, record)

@@ -52,6 +52,7 @@ import yaml
 from benchmarks.settings import BenchmarkSettings, benchmark_arguments
 from experiments import results as store
 from experiments.paths import REPO_ROOT
+from experiments.record import RunRecord
 from experiments.results import CONFIG_AXIS, point_label
 from experiments.run import add_output_arguments
 
@@ -308,15 +309,13 @@ def _identity_of(path: Path) -> tuple[int, int] | None:
 def _crash_record(sweep: Sweep, run: PlannedRun, status: int, log_path: Path) -> dict[str, Any]:
     # Progress bars redraw with carriage returns: split on them too, keep the last lines.
     lines = [line for line in re.split(r"[\r\n]", log_path.read_text()) if line.strip()] if log_path.exists() else []
-    tail = lines[-10:]
-    return {
-        "schema": store.RECORD_SCHEMA, "run_id": run.run_id, "config_id": run.config_id, "status": "failed",
-        "error": f"run process exited with status {status} without writing its record (see {log_path})\n"
-                 + "\n".join(tail),
-        "name": run.label, "sweep": sweep.context(run.point), "model": None, "seed": run.seed,
-        "config_files": run.configs, "overrides": [list(p) for p in run.overrides], "metrics": {}, "speed": None,
-        "paths": {"run_dir": str(log_path.parent)},
-    }
+    error = f"run process exited with status {status} without writing its record (see {log_path})\n" + "\n".join(
+        lines[-10:])
+    return RunRecord.failed(
+        error, run_id=run.run_id, config_id=run.config_id, name=run.label, sweep=sweep.context(run.point),
+        seed=run.seed, config_files=run.configs, overrides=[list(p) for p in run.overrides],
+        paths={"run_dir": str(log_path.parent), "log_dir": None, "checkpoint": None},
+    ).to_dict()
 
 
 def _short_summary(record: dict[str, Any]) -> str:
