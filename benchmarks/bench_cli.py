@@ -143,7 +143,8 @@ def prepare_codec(model, datamodule) -> dict | None:
 
 def run_bench(args) -> int:
     from benchmarks.progress import call_progress, expected_calls
-    from benchmarks.speed import COMPILE_MODES, canonical_precision, compare, load_val_images
+    from benchmarks.speed import compare, load_val_images
+    from benchmarks.speed_run import COMPILE_MODES, canonical_precision
     from datamodules.files import write_json_atomic
 
     try:

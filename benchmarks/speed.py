@@ -16,8 +16,9 @@ Protocol (the field's practice, /work/shared/reference/benchmarking.md):
     each timed call (benchmarks.timing's `synchronize`) and nowhere else inside it;
   * end to end = raw uint8 images -> the model's own resize/normalise -> network -> post-processing -> boxes and
     masks pasted at each image's full resolution (left on the device: no host copy);
-  * model only = the same call stopped right after the network's last raw head output (see `ModelSplit`), timed
-    in calls of its own: its stop hook is attached for those calls only, never during an end-to-end call;
+  * model only = the same call stopped right after the network's last raw head output (the model class's
+    SPEED_SPLIT, models.common.speed_split), timed in calls of its own: its stop hook is attached for those calls
+    only, never during an end-to-end call;
   * per-stage breakdown from calls of its own too (forward hooks timing the stage submodules, attached for those
     calls only; CUDA events on a GPU); post-processing = the call minus its stages;
   * the three kinds of call are interleaved round by round (end to end i, model only i, breakdown i), so a change
@@ -25,8 +26,8 @@ Protocol (the field's practice, /work/shared/reference/benchmarking.md):
   * FPS = batch_size / mean latency, the statistic of the official YOLACT, detectron2 and mmdetection figures
     (per-image detection counts make the latencies skewed, so mean and median differ), with its 95 % interval
     from the spread between rounds (batch means, benchmarks.stats); `fps_median` = batch_size / median latency
-    resists the load spikes of a shared machine (order-statistic interval); peak device memory from a last, untimed pass (CUDA only; null elsewhere: CPU allocations
-    go through malloc, which torch does not account for);
+    resists the load spikes of a shared machine (order-statistic interval); peak device memory from a last,
+    untimed pass (CUDA only; null elsewhere: CPU allocations go through malloc, which torch does not account for);
   * params and FLOPs from `benchmarks.complexity` on the unmodified fp32 model, before any flag is applied.
 
 Comparison mode (`compare`): the models take turns call by call, A B A B ..., in one process, so drift in machine
@@ -37,115 +38,22 @@ from __future__ import annotations
 import contextlib
 import os
 import statistics
-from collections import Counter
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from benchmarks.complexity import complexity
-from benchmarks.environment import environment, math_settings, restore_math_settings
+from benchmarks.environment import environment
+from benchmarks.speed_run import SpeedRun
 from benchmarks.stats import fps_intervals, paired_ratio
-from benchmarks.timing import StageTimer, Stopwatch, round_robin, synchronize  # synchronize: the protocol's syncs
+from benchmarks.timing import round_robin
 
-# Lightning's precision names -> the autocast dtype (None: fp32, no autocast).
-PRECISIONS = {"32": None, "16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
-# Other accepted spellings (the runner and older records say "16" / "bf16").
-PRECISION_ALIASES = {"32-true": "32", "fp32": "32", "16": "16-mixed", "fp16": "16-mixed", "bf16": "bf16-mixed"}
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-# The remainder of a breakdown call: everything outside the listed stage submodules.
-REMAINDER_STAGE = "postprocess"
 # Untimed calls that open the model-only and breakdown passes (their hooks may make torch.compile re-trace).
 PASS_WARMUP = 1
 # Untimed end-to-end calls of the peak-memory pass (CUDA only).
 MEMORY_ITERS = 10
-
-
-@dataclass(frozen=True)
-class ModelSplit:
-    """How one architecture's forward divides, for the model-only timing and the per-stage breakdown.
-
-    stages: stage name -> dotted names of the submodules whose forward calls make up that stage (all calls during
-        one forward are summed). The names of all stages are disjoint and none lies inside another, so no time is
-        counted twice. Whatever runs outside them (anchors, box decoding, NMS, mask assembly and pasting, and any
-        input transform that is not a module) is the remainder, reported as "postprocess". A name whose attribute
-        is None on a model instance (an optional part switched off, e.g. CenterMask's MaskIoU head) is skipped.
-    raw_outputs: candidates, in order, for the submodule whose forward produces the network's last raw head
-        output (the first present on the instance is used); the model-only timing stops right after it returns
-        (a hook raises `_RawOutputsReady`). A call in which it never runs (e.g. a mask head that only runs on
-        detections, and there were none) is timed whole and counted in the record's `model_only_stop_missed`.
-    """
-
-    stages: dict[str, tuple[str, ...]]
-    raw_outputs: tuple[str, ...]
-
-    @property
-    def stage_modules(self) -> list[str]:
-        return [name for names in self.stages.values() for name in names]
-
-    @property
-    def network_modules(self) -> list[str]:
-        """The dense network (what `compile=True` compiles): every stage but the input transform."""
-        return [name for stage, names in self.stages.items() if stage != "preprocess" for name in names]
-
-
-# Model class name -> its split. Explicit on purpose: a model not listed gets no model-only FPS and no breakdown
-# (null in the record), never an error. Architectures are read here, never changed for the benchmark.
-# "Model only" ends where the last network module has run; for a model whose mask head runs on its detections
-# (Mask R-CNN, CenterMask) that is after the detection NMS, for the dense ones (YOLACT, ISTR) before any NMS.
-SPLITS: dict[str, ModelSplit] = {
-    # transform (resize, normalise, pad) -> backbone -> FPN -> RPN head -> [anchors, proposal decoding + NMS] ->
-    # box RoI pool/head/predictor -> [box decoding + per-class NMS] -> mask RoI pool/head/predictor ->
-    # [mask probabilities of the predicted class, boxes rescaled, masks pasted at full resolution].
-    "MaskRCNN": ModelSplit(
-        stages={
-            "preprocess": ("transform",),
-            "backbone_neck": ("backbone", "neck"),
-            "heads": (
-                "rpn.head",
-                "roi_heads.box_roi_pool", "roi_heads.box_head", "roi_heads.box_predictor",
-                "roi_heads.mask_roi_pool", "roi_heads.mask_head", "roi_heads.mask_predictor",
-            ),
-        },
-        raw_outputs=("roi_heads.mask_predictor",),
-    ),
-    # resize + normalise (a method, so in the remainder) -> backbone -> FPN -> Protonet -> shared prediction head
-    # -> [anchors, box decoding, Fast NMS, prototypes x coefficients, crop, up-sampling to full resolution].
-    "YOLACT": ModelSplit(
-        stages={"backbone_neck": ("backbone", "neck"), "heads": ("protonet", "head")},
-        raw_outputs=("head",),
-    ),
-    # transform -> backbone -> FPN -> FCOS head -> [locations, box decoding, class-wise NMS, top n] ->
-    # RoIAlign -> SAG-Mask head -> MaskIoU head (optional) -> [mask scores, masks pasted at full resolution].
-    "CenterMask": ModelSplit(
-        stages={
-            "preprocess": ("transform",),
-            "backbone_neck": ("backbone", "neck"),
-            "heads": ("fcos_head", "roi_pool", "mask_head", "maskiou_head"),
-        },
-        raw_outputs=("maskiou_head", "mask_head"),
-    ),
-    # transform -> backbone -> FPN -> [query boxes and features] -> dynamic head (every stage: RoIAlign,
-    # attention, dynamic interaction, class / box / mask-embedding outputs) -> [top-k, codec decoding, pasting].
-    "ISTR": ModelSplit(
-        stages={"preprocess": ("transform",), "backbone_neck": ("backbone", "neck"), "heads": ("head",)},
-        raw_outputs=("head",),
-    ),
-}
-
-
-class _RawOutputsReady(Exception):
-    """Raised by the model-only stop hook: the network's raw outputs exist, post-processing is skipped."""
-
-
-def canonical_precision(precision: str) -> str:
-    """"32", "16-mixed" or "bf16-mixed" for any accepted spelling; ValueError naming the choices otherwise."""
-    name = PRECISION_ALIASES.get(str(precision), str(precision))
-    if name not in PRECISIONS:
-        raise ValueError(f"precision must be one of {(*PRECISIONS, *PRECISION_ALIASES)}, got {precision!r}")
-    return name
 
 
 def load_val_images(datamodule, count: int) -> list[Tensor]:
@@ -172,293 +80,6 @@ def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
         "max": float(ms.max()),
         "std": float(ms.std()),
     }
-
-
-class SpeedRun:
-    """One model prepared for timing on one device: images batched on the device, flags applied.
-
-    Each `*_call(index)` runs batch `index` (cycling through the images) once. `close()` undoes what the flags
-    changed in the model (compiled submodules) and in torch (cudnn.benchmark); the model stays in eval mode on
-    the device.
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        images: Sequence[Tensor],
-        *,
-        name: str | None = None,
-        device: str | torch.device = "cpu",
-        precision: str = "32",
-        batch_size: int = 1,
-        channels_last: bool = False,
-        compile: bool = False,
-        cudnn_benchmark: bool = False,
-        compile_mode: str | None = None,
-        half_weights: bool = False,
-        tf32: bool | None = None,
-    ):
-        precision = canonical_precision(precision)
-        if half_weights and PRECISIONS[precision] is None:
-            raise ValueError("half_weights needs a half precision: precision '16-mixed' or 'bf16-mixed', got '32'")
-        if compile_mode is not None and compile_mode not in COMPILE_MODES:
-            raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if not images:
-            raise ValueError("benchmark needs at least one image")
-        for index, image in enumerate(images):
-            valid = isinstance(image, Tensor) and image.dim() == 3 and image.shape[0] == 3 and (
-                image.is_floating_point() or image.dtype == torch.uint8)
-            if not valid:
-                raise ValueError(
-                    f"image {index}: expected a uint8 (0..255) or float (0..1) tensor [3,H,W], got "
-                    f"{type(image).__name__} {tuple(getattr(image, 'shape', ()))} {getattr(image, 'dtype', '')}"
-                )
-        self.device = torch.device(device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device 'cuda' requested but torch.cuda.is_available() is False")
-        self.name = name or type(model).__name__
-        self.model_class = type(model).__name__
-        self.precision = precision
-        self.batch_size = batch_size
-        self.channels_last = channels_last
-        self.compile = compile or compile_mode is not None
-        self.compile_mode = (compile_mode or "default") if self.compile else None
-        self.cudnn_benchmark = cudnn_benchmark
-        self.half_weights = half_weights
-        self.split = SPLITS.get(self.model_class)
-
-        self.model = model.eval().to(self.device)
-        self.stage_modules: list[str] = []
-        self.raw_outputs: str | None = None
-        if self.split is not None:
-            self.stage_modules, self.raw_outputs = _check_split(self.model, self.split, self.model_class)
-        self.model_stop_missed = 0
-        if half_weights:
-            # Cast once; autocast stays on, so the ops it keeps in fp32 (norms, softmax) and the models' fp32 box
-            # paths run as in the mixed mode, while its per-call weight casts become no-ops.
-            self.model.to(PRECISIONS[precision])
-        self.weights_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-        if channels_last:
-            self.model.to(memory_format=torch.channels_last)
-        # Images go to the device once, here, never inside a timed call.
-        on_device = [image.to(self.device, torch.float32) for image in images]
-        num_batches = -(-len(on_device) // batch_size)  # ceil: every image in some batch, the last one wrapping
-        self.batches = [
-            [on_device[(b * batch_size + j) % len(on_device)] for j in range(batch_size)] for b in range(num_batches)
-        ]
-        self.num_images = len(on_device)
-        self.image_size = list(Counter(tuple(image.shape[-2:]) for image in on_device).most_common(1)[0][0])
-        self.network_input_sizes: Counter = Counter()
-        self.detections: list[int] = []  # per image, counted in the warm-up calls
-        self.warmup_calls = 0
-
-        self._previous_math = math_settings()
-        torch.backends.cudnn.benchmark = cudnn_benchmark
-        if tf32 is not None:
-            torch.backends.cudnn.allow_tf32 = tf32
-            torch.set_float32_matmul_precision("high" if tf32 else "highest")
-        self._swapped: list[tuple[nn.Module, str, nn.Module]] = []
-        self._callable: Callable[[list[Tensor]], Any] = self.model
-        if self.compile:
-            self._compile()
-
-    # ------------------------------------------------------------------------------------------------ flags
-
-    def _compile(self) -> None:
-        """torch.compile the dense network submodules of the split (post-processing stays eager: its shapes are
-        data-dependent); a model without a split is compiled whole. The compiled wrappers replace the submodules
-        until `close()`, and hooks go on the wrappers, i.e. outside the compiled graphs."""
-        options = {} if self.compile_mode == "default" else {"mode": self.compile_mode}
-        if self.split is None:
-            self._callable = torch.compile(self.model, **options)
-            return
-        for dotted in self.split.network_modules:
-            if dotted not in self.stage_modules:
-                continue
-            parent_name, _, attribute = dotted.rpartition(".")
-            parent = self.model.get_submodule(parent_name)
-            original = getattr(parent, attribute)
-            setattr(parent, attribute, torch.compile(original, **options))
-            self._swapped.append((parent, attribute, original))
-
-    def close(self) -> None:
-        for parent, attribute, original in reversed(self._swapped):
-            setattr(parent, attribute, original)
-        self._swapped.clear()
-        self._callable = self.model
-        restore_math_settings(self._previous_math)
-
-    def _autocast(self):
-        dtype = PRECISIONS[self.precision]
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=dtype)
-
-    # ------------------------------------------------------------------------------------------------ calls
-
-    def batch(self, index: int) -> list[Tensor]:
-        return self.batches[index % len(self.batches)]
-
-    def unseen_size_batches(self, calls: int) -> list[int]:
-        """The batch indices, in order, whose input sizes the first `calls` calls (batches 0, 1, ... cycling) did
-        not meet: one batch per distinct tuple of image sizes still unseen."""
-        def sizes(index: int) -> tuple:
-            return tuple(tuple(image.shape) for image in self.batches[index])
-
-        seen = {sizes(index) for index in range(min(calls, len(self.batches)))}
-        unseen = []
-        for index in range(len(self.batches)):
-            if sizes(index) not in seen:
-                seen.add(sizes(index))
-                unseen.append(index)
-        return unseen
-
-    def call(self, index: int) -> Any:
-        """One untimed end-to-end call on batch `index`."""
-        with self._autocast():
-            return self._callable(self.batch(index))
-
-    def warmup_call(self, index: int) -> None:
-        """An untimed call that also counts the detections per image (post-processing and pasting scale with
-        them, so they belong next to every speed figure)."""
-        self.warmup_calls += 1
-        for prediction in self.call(index):
-            if isinstance(prediction, dict) and isinstance(prediction.get("scores"), Tensor):
-                self.detections.append(int(prediction["scores"].numel()))
-
-    def timed_call(self, index: int) -> float:
-        """Seconds of one end-to-end call, synchronised before and after."""
-        batch = self.batch(index)
-        with self._autocast(), Stopwatch(self.device) as watch:
-            outputs = self._callable(batch)
-        del outputs  # freed outside the timed region
-        return watch.seconds
-
-    def timed_model_call(self, index: int) -> float:
-        """Seconds of one call stopped at the raw head outputs; needs `stop_at_raw_outputs()` to be active."""
-        batch = self.batch(index)
-        with self._autocast(), Stopwatch(self.device) as watch:
-            try:
-                self._callable(batch)
-            except _RawOutputsReady:
-                pass
-            else:  # the last head never ran (nothing detected): the whole forward was the network's work
-                self.model_stop_missed += 1
-        return watch.seconds
-
-    def breakdown_call(self, index: int, timer: StageTimer) -> dict[str, float]:
-        """Seconds per stage of one call (and the remainder, and the call's total); needs `timer` hooked in."""
-        batch = self.batch(index)
-        timer.reset()
-        with self._autocast(), Stopwatch(self.device) as watch:
-            outputs = self._callable(batch)
-        del outputs
-        total = watch.seconds
-        stages = timer.stage_seconds()
-        stages[REMAINDER_STAGE] = total - sum(stages.values())
-        stages["total"] = total
-        return stages
-
-    # ------------------------------------------------------------------------------------------------ hooks
-
-    @contextlib.contextmanager
-    def stop_at_raw_outputs(self) -> Iterator[None]:
-        def stop(module, args, output):
-            raise _RawOutputsReady
-
-        handle = self.model.get_submodule(self.raw_outputs).register_forward_hook(stop)
-        try:
-            yield
-        finally:
-            handle.remove()
-
-    @contextlib.contextmanager
-    def stage_timer(self) -> Iterator[StageTimer]:
-        timer = StageTimer(self.device)
-        handles = []
-        for stage, names in self.split.stages.items():
-            for dotted in names:
-                if dotted not in self.stage_modules:
-                    continue
-                module = self.model.get_submodule(dotted)
-                handles.append(module.register_forward_pre_hook(timer.pre_hook(stage, dotted)))
-                handles.append(module.register_forward_hook(timer.post_hook(dotted)))
-        try:
-            yield timer
-        finally:
-            for handle in handles:
-                handle.remove()
-
-    @contextlib.contextmanager
-    def network_input_probe(self) -> Iterator[None]:
-        """Record the [H, W] of the 4-D tensor entering the first stage module (the network's input size)."""
-        if self.split is None:
-            yield
-            return
-        first = next(name for name in self.split.network_modules if name in self.stage_modules)
-
-        def probe(module, args):
-            tensors = [a for a in args if isinstance(a, Tensor) and a.dim() == 4]
-            if tensors:
-                self.network_input_sizes[tuple(int(s) for s in tensors[0].shape[-2:])] += 1
-
-        handle = self.model.get_submodule(first).register_forward_pre_hook(probe)
-        try:
-            yield
-        finally:
-            handle.remove()
-
-    def peak_memory_mb(self, calls: int) -> float | None:
-        """Weights + the largest transient allocation over `calls` end-to-end calls run alone (CUDA only)."""
-        if self.device.type != "cuda":
-            return None
-        synchronize(self.device)
-        torch.cuda.reset_peak_memory_stats(self.device)
-        resident = torch.cuda.memory_allocated(self.device)
-        for index in range(calls):
-            self.call(index)
-        synchronize(self.device)
-        transient = torch.cuda.max_memory_allocated(self.device) - resident
-        return (self.weights_bytes + transient) / 2**20
-
-
-def _find(model: nn.Module, dotted: str, model_class: str) -> nn.Module | None:
-    """The submodule `dotted`, None if that attribute is None (an optional part switched off); a name the model
-    lacks altogether is an error in SPLITS."""
-    parent_name, _, attribute = dotted.rpartition(".")
-    try:
-        parent = model.get_submodule(parent_name)
-    except AttributeError:
-        parent = None
-    value = getattr(parent, attribute, _MISSING) if parent is not None else _MISSING
-    if value is None:
-        return None
-    if not isinstance(value, nn.Module):
-        raise ValueError(f"SPLITS[{model_class!r}] names submodule {dotted!r}, which the model lacks")
-    return value
-
-
-_MISSING = object()
-
-
-def _check_split(model: nn.Module, split: ModelSplit, model_class: str) -> tuple[list[str], str]:
-    """(the stage modules present on this instance, the raw-outputs module used). Every name must exist (None
-    allowed), at least one raw-outputs candidate must be present, and no stage module may lie inside another
-    (its time would count twice)."""
-    stage_modules = split.stage_modules
-    if len(set(stage_modules)) != len(stage_modules):
-        raise ValueError(f"SPLITS[{model_class!r}]: a submodule is listed twice: {stage_modules}")
-    for outer in stage_modules:
-        for inner in stage_modules:
-            if inner != outer and inner.startswith(outer + "."):
-                raise ValueError(f"SPLITS[{model_class!r}]: {inner!r} lies inside {outer!r}")
-    present = [name for name in stage_modules if _find(model, name, model_class) is not None]
-    raw = [name for name in split.raw_outputs if _find(model, name, model_class) is not None]
-    if not raw:
-        raise ValueError(f"SPLITS[{model_class!r}]: none of the raw-output modules {split.raw_outputs} is present")
-    return present, raw[0]
 
 
 # ------------------------------------------------------------------------------------------------ the protocol
@@ -492,7 +113,7 @@ def measure(
 
     def model_only(run: SpeedRun, index: int, timed: bool) -> float | None:
         with run.stop_at_raw_outputs():
-            return run.timed_model_call(index) if timed else _ignore_stop(run, index)
+            return run.timed_model_call(index) if timed else run.model_call(index)
 
     def stages(run: SpeedRun, index: int, timed: bool) -> dict[str, float] | None:
         with run.stage_timer() as timer:
@@ -528,14 +149,6 @@ def measure(
         for position, run in enumerate(runs):
             out[position]["peak_memory_mb"] = run.peak_memory_mb(MEMORY_ITERS)
     return out
-
-
-def _ignore_stop(run: SpeedRun, index: int) -> None:
-    try:
-        run.call(index)
-    except _RawOutputsReady:
-        pass
-    return None
 
 
 def build_record(
@@ -709,7 +322,7 @@ def benchmark(
     `flops_images`: images the FLOPs are averaged over (0: params only).
 
     The record: fps, fps_model (batch / mean latency), fps_median, fps_model_median, latency_ms {mean, p50, p90, min, max, std}, latency_model_ms, stages_ms (ms per
-    stage, medians; null for a model without a `SPLITS` entry or with breakdown=False), breakdown_total_ms,
+    stage, medians; null for a model without a SPEED_SPLIT or with breakdown=False), breakdown_total_ms,
     peak_memory_mb (CUDA; null elsewhere), params, gflops, gflops_std, gmacs, input_size (the network input
     [H, W]), image_size, batch_size, precision, flags {channels_last, compile, compile_mode, half_weights,
     cudnn_benchmark, warmup, warmup_calls, iters, breakdown_iters}, timed_calls, environment (with the load

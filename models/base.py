@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from datamodules.files import write_json_atomic
+from models.common.speed_split import ModelSplit
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,8 @@ class InstanceSegmentationModule(L.LightningModule, ABC):
     # Per-architecture defaults of the official recipes; a subclass overrides them (see the Args below).
     WEIGHT_DECAY_RULE = "skip_norm"
     BN_MIN_BATCH = 1
+    # The stages the speed protocol times (models.common.speed_split); None: end-to-end timing only.
+    SPEED_SPLIT: ModelSplit | None = None
 
     """Base LightningModule of the instance-segmentation architectures.
 

@@ -40,6 +40,7 @@ from models.centermask.sag_mask_head import SAGMaskHead
 from models.common.backbone import TimmBackbone
 from models.common.fpn import FPN
 from models.common.roi_pooler import LEVEL_RULES, LevelRoIAlign
+from models.common.speed_split import ModelSplit
 from models.common.transform import ResizeNormalizeTransform, backbone_pixel_stats
 from models.common.vovnet import VOVNET_CONFIGS, VoVNetBackbone
 
@@ -85,6 +86,18 @@ class CenterMask(InstanceSegmentationModule):
         mask_threshold: probability above which a pasted mask pixel is foreground.
         **kwargs: optimiser and schedule settings of InstanceSegmentationModule.
     """
+
+    # Stages of the speed breakdown (models.common.speed_split): transform -> backbone -> FPN -> FCOS head ->
+    # [locations, box decoding, class-wise NMS, top n] -> RoIAlign -> SAG-Mask head -> MaskIoU head (optional) ->
+    # [mask scores, masks pasted at full resolution].
+    SPEED_SPLIT = ModelSplit(
+        stages={
+            "preprocess": ("transform",),
+            "backbone_neck": ("backbone", "neck"),
+            "heads": ("fcos_head", "roi_pool", "mask_head", "maskiou_head"),
+        },
+        raw_outputs=("maskiou_head", "mask_head"),
+    )
 
     def __init__(
         self,

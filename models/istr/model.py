@@ -34,6 +34,7 @@ from torchvision.ops import box_convert
 from models.base import InstanceSegmentationModule
 from models.common.backbone import TimmBackbone
 from models.common.fpn import FPN
+from models.common.speed_split import ModelSplit
 from models.common.transform import ResizeNormalizeTransform, backbone_pixel_stats
 from models.istr.head import DynamicHead, StageOutput
 from models.istr.loss import ISTRLoss
@@ -79,6 +80,14 @@ class ISTR(InstanceSegmentationModule):
 
     # The official train_net.py gives every trainable parameter the weight decay (no norm or bias exemption).
     WEIGHT_DECAY_RULE = "all"
+
+    # Stages of the speed breakdown (models.common.speed_split): transform -> backbone -> FPN -> [query boxes and
+    # features] -> dynamic head (every stage: RoIAlign, attention, dynamic interaction, class / box /
+    # mask-embedding outputs) -> [top-k, codec decoding, pasting].
+    SPEED_SPLIT = ModelSplit(
+        stages={"preprocess": ("transform",), "backbone_neck": ("backbone", "neck"), "heads": ("head",)},
+        raw_outputs=("head",),
+    )
 
     def __init__(
         self,

@@ -34,6 +34,7 @@ from models.base import InstanceSegmentationModule
 from models.common.backbone import TimmBackbone
 from models.common.fpn import FPN
 from models.common.masks import paste_masks
+from models.common.speed_split import ModelSplit
 from models.common.transform import ResizeNormalizeTransform, backbone_pixel_stats
 from models.mask_rcnn.roi_heads import LevelPool, MaskRoIHeads
 from models.mask_rcnn.rpn import ProposalNetwork, RPNOutput
@@ -75,6 +76,23 @@ class MaskRCNN(InstanceSegmentationModule):
             torchvision's, for converted torchvision weights.
         **kwargs: optimiser and schedule settings of `InstanceSegmentationModule`.
     """
+
+    # Stages of the speed breakdown (models.common.speed_split): transform (resize, normalise, pad) -> backbone ->
+    # FPN -> RPN head -> [anchors, proposal decoding + NMS] -> box RoI pool/head/predictor -> [box decoding +
+    # per-class NMS] -> mask RoI pool/head/predictor -> [mask probabilities of the predicted class, boxes rescaled,
+    # masks pasted at full resolution].
+    SPEED_SPLIT = ModelSplit(
+        stages={
+            "preprocess": ("transform",),
+            "backbone_neck": ("backbone", "neck"),
+            "heads": (
+                "rpn.head",
+                "roi_heads.box_roi_pool", "roi_heads.box_head", "roi_heads.box_predictor",
+                "roi_heads.mask_roi_pool", "roi_heads.mask_head", "roi_heads.mask_predictor",
+            ),
+        },
+        raw_outputs=("roi_heads.mask_predictor",),
+    )
 
     def __init__(
         self,

@@ -21,6 +21,7 @@ from models.base import InstanceSegmentationModule
 from models.common.anchors import grid_anchors
 from models.common.backbone import TimmBackbone
 from models.common.nms import NMS_MODES
+from models.common.speed_split import ModelSplit
 from models.common.transform import backbone_pixel_stats, input_scale
 from models.yolact.fpn import YolactFPN
 from models.yolact.head import PredictionHead
@@ -64,6 +65,14 @@ class YOLACT(InstanceSegmentationModule):
     # train.py freezes BatchNorm when a GPU holds fewer than 6 images.
     WEIGHT_DECAY_RULE = "all"
     BN_MIN_BATCH = 6
+
+    # Stages of the speed breakdown (models.common.speed_split): resize + normalise (a method, so in the
+    # remainder) -> backbone -> FPN -> Protonet -> shared prediction head -> [anchors, box decoding, Fast NMS,
+    # prototypes x coefficients, crop, up-sampling to full resolution].
+    SPEED_SPLIT = ModelSplit(
+        stages={"backbone_neck": ("backbone", "neck"), "heads": ("protonet", "head")},
+        raw_outputs=("head",),
+    )
 
     def __init__(
         self,

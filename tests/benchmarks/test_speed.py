@@ -13,8 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks import speed, timing
-from benchmarks.speed import SPLITS, ModelSplit, benchmark, compare
+from benchmarks import speed, speed_run, timing
+from benchmarks.speed import benchmark, compare
+from models.common.speed_split import ModelSplit
 
 WARMUP_SECONDS = 5.0  # every part of a warm-up call takes this long: far off any timed figure
 BACKBONE_S, HEAD_S, POST_S = 0.010, 0.003, 0.002
@@ -67,7 +68,9 @@ class ClockedNet(nn.Module):
 
 
 class UnlistedNet(ClockedNet):
-    """The same network under a class name that SPLITS does not know."""
+    """The same network without a SPEED_SPLIT."""
+
+    SPEED_SPLIT = None
 
 
 @pytest.fixture
@@ -81,15 +84,15 @@ def clock(monkeypatch):
 def log(monkeypatch):
     entries = []
     monkeypatch.setattr(timing, "synchronize", lambda device: entries.append("sync"))  # the timed calls' syncs
-    monkeypatch.setattr(speed, "synchronize", lambda device: entries.append("sync"))  # the memory pass's
+    monkeypatch.setattr(speed_run, "synchronize", lambda device: entries.append("sync"))  # the memory pass's
     return entries
 
 
 @pytest.fixture
 def split(monkeypatch):
-    monkeypatch.setitem(
-        SPLITS, "ClockedNet",
-        ModelSplit(stages={"backbone_neck": ("backbone",), "heads": ("head",)}, raw_outputs=("head",)),
+    monkeypatch.setattr(
+        ClockedNet, "SPEED_SPLIT",
+        ModelSplit(stages={"backbone_neck": ("backbone",), "heads": ("head",)}, raw_outputs=("head",)), raising=False,
     )
 
 
@@ -107,7 +110,7 @@ def test_warmup_is_excluded_and_every_timed_call_is_synchronised(clock, log):
     for stat in ("mean", "p50", "p90", "min", "max"):
         assert record["latency_ms"][stat] == pytest.approx(total_ms)  # the slow warm-up calls left no trace
     assert record["fps"] == pytest.approx(1e3 / total_ms)
-    # a model outside SPLITS: no model-only figure and no breakdown, and no error
+    # a model without a SPEED_SPLIT: no model-only figure and no breakdown, and no error
     assert record["fps_model"] is None and record["stages_ms"] is None and record["latency_model_ms"] is None
 
 
@@ -314,11 +317,12 @@ def test_channels_last_compile_and_cudnn_flags(clock, log, split, monkeypatch):
 
 
 def test_a_split_naming_a_missing_submodule_is_a_clear_error(clock, log, monkeypatch):
-    monkeypatch.setitem(SPLITS, "ClockedNet", ModelSplit(stages={"heads": ("neck",)}, raw_outputs=("head",)))
-    with pytest.raises(ValueError, match="'neck'"):
+    monkeypatch.setattr(ClockedNet, "SPEED_SPLIT", ModelSplit(stages={"heads": ("neck",)}, raw_outputs=("head",)),
+                        raising=False)
+    with pytest.raises(ValueError, match="SPEED_SPLIT of ClockedNet names submodule 'neck'"):
         benchmark(ClockedNet(clock, log), images(), iters=1, flops_images=0)
-    monkeypatch.setitem(SPLITS, "ClockedNet", ModelSplit(stages={"a": ("head",), "b": ("head.conv",)},
-                                                          raw_outputs=("head",)))
+    monkeypatch.setattr(ClockedNet, "SPEED_SPLIT", ModelSplit(stages={"a": ("head",), "b": ("head.conv",)},
+                                                               raw_outputs=("head",)), raising=False)
     with pytest.raises(ValueError, match="inside"):
         benchmark(ClockedNet(clock, log), images(), iters=1, flops_images=0)
 
@@ -326,8 +330,9 @@ def test_a_split_naming_a_missing_submodule_is_a_clear_error(clock, log, monkeyp
 def test_optional_parts_and_a_head_that_did_not_run(clock, log, monkeypatch):
     # "extra" is None on the instance (an optional part switched off): skipped, and the next raw-output candidate
     # is used
-    monkeypatch.setitem(SPLITS, "ClockedNet", ModelSplit(
-        stages={"backbone_neck": ("backbone",), "heads": ("head", "extra")}, raw_outputs=("extra", "head")))
+    monkeypatch.setattr(ClockedNet, "SPEED_SPLIT", ModelSplit(
+        stages={"backbone_neck": ("backbone",), "heads": ("head", "extra")}, raw_outputs=("extra", "head")),
+        raising=False)
     net = ClockedNet(clock, log)
     net.extra = None
     record = benchmark(net, images(), warmup=0, iters=3, flops_images=0)
@@ -345,8 +350,8 @@ def test_optional_parts_and_a_head_that_did_not_run(clock, log, monkeypatch):
 def test_synchronize_waits_for_a_cuda_device(monkeypatch):
     waited = []
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waited.append(device))
-    speed.synchronize(torch.device("cuda", 1))
-    speed.synchronize(torch.device("cpu"))
+    timing.synchronize(torch.device("cuda", 1))
+    timing.synchronize(torch.device("cpu"))
     assert waited == [torch.device("cuda", 1)]
 
 

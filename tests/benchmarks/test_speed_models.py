@@ -1,10 +1,12 @@
-"""The protocol on every registered architecture (tiny configurations): its SPLITS entry names real submodules,
+"""The protocol on every registered architecture (tiny configurations): its SPEED_SPLIT names real submodules,
 the model-only pass stops at the raw head outputs, and the breakdown covers its stages."""
 import pytest
 import torch
 
-from benchmarks.speed import SPLITS, SpeedRun, benchmark
+from benchmarks.speed import benchmark
+from benchmarks.speed_run import SpeedRun
 from models import MODELS
+from models.common.speed_split import ModelSplit
 from tests.models.test_contract import NUM_CLASSES, TINY_CONFIGS
 
 # Batch 1 (the protocol's) puts a single value per GroupNorm group in CenterMask's FCOS towers on the 1x1 P7 of a
@@ -27,8 +29,8 @@ def tiny_images():
     return [torch.rand(3, 64, 80, generator=generator), torch.rand(3, 72, 64, generator=generator)]
 
 
-def test_every_registered_model_has_a_split():
-    assert {cls.__name__ for cls in MODELS.values()} <= set(SPLITS)
+def test_every_registered_model_declares_its_split():
+    assert all(isinstance(cls.SPEED_SPLIT, ModelSplit) for cls in MODELS.values())
 
 
 def test_the_protocol_on_a_tiny_model(name):
@@ -37,7 +39,7 @@ def test_the_protocol_on_a_tiny_model(name):
     assert record["timed_calls"] == {"end_to_end": 2, "model": 2, "breakdown": 1}
     # the tiny configs keep low score thresholds, so every head runs and the stop point is reached every time
     assert record["model_only_stop_missed"] == 0
-    split = SPLITS[type(model).__name__]
+    split = type(model).SPEED_SPLIT
     assert set(record["stages_ms"]) == set(split.stages) | {"postprocess"}
     assert all(value >= 0 for stage, value in record["stages_ms"].items() if stage != "postprocess")
     assert record["params"] == sum(p.numel() for p in model.parameters())

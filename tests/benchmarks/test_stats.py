@@ -84,7 +84,7 @@ def test_half_width_covers_an_asymmetric_interval():
 
 
 class _Tiny(torch.nn.Module):
-    """A model not in speed.SPLITS (end-to-end timing only), taking a list of images like the real ones."""
+    """A model without a SPEED_SPLIT (end-to-end timing only), taking a list of images like the real ones."""
 
     def __init__(self):
         super().__init__()
