@@ -95,8 +95,9 @@ def measure(
     """Time prepared runs; returns per run its raw measurements (seconds per call).
 
     Warm-up: `warmup` untimed end-to-end calls per run, then one more per batch of input sizes those calls did not
-    meet (network input size and detections counted meanwhile; alternating too), then PASS_WARMUP untimed calls with each pass's hooks. Timed: `iters` rounds; round i runs, model after model
-    (A B A B ...), the end-to-end call i, then the model-only call i (stop hook attached for that call only), then,
+    meet (network input size and detections counted meanwhile; alternating too), then PASS_WARMUP untimed calls
+    with each pass's hooks. Timed: `iters` rounds; round i runs, model after model (A B A B ...), the end-to-end
+    call i, then the model-only call i (stop hook attached for that call only), then,
     in the first `breakdown_iters` rounds (at most `iters`), the breakdown call i (stage hooks attached for that
     call only). So drift in machine load hits every model and every pass alike, and no hook is attached during an
     end-to-end call. Peak memory (CUDA) last, each run alone. Everything under torch.inference_mode.
@@ -252,7 +253,8 @@ def compare(
     "environment": {...}}; ratios are to the first entry. Settings as in `benchmark`.
 
     An entry may carry a 4th element, a dict overriding `precision`, `channels_last`, `compile`, `compile_mode` or
-    `half_weights` for that model alone, e.g. ours in fp16 + channels_last against a reference in fp32 in one alternating run.
+    `half_weights` for that model alone, e.g. ours in fp16 + channels_last against a reference in fp32 in one
+    alternating run.
     """
     if not entries:
         raise ValueError("compare needs at least one (name, model, images) entry")
@@ -293,49 +295,28 @@ def compare(
     return {"runs": records, "ratios": ratios, "environment": env}
 
 
-def benchmark(
-    model: nn.Module,
-    images: Sequence[Tensor],
-    *,
-    device: str | torch.device = "cpu",
-    precision: str = "32",
-    batch_size: int = 1,
-    warmup: int = 10,
-    iters: int = 100,
-    channels_last: bool = False,
-    compile: bool = False,
-    breakdown: bool = True,
-    cudnn_benchmark: bool = False,
-    breakdown_iters: int | None = None,
-    flops_images: int = 5,
-    compile_mode: str | None = None,
-    half_weights: bool = False,
-    tf32: bool | None = None,
-) -> dict[str, Any]:
+def benchmark(model: nn.Module, images: Sequence[Tensor], **settings: Any) -> dict[str, Any]:
     """The speed record of one model on `images` (list of float [3,H,W] in 0..1, e.g. `load_val_images`).
 
-    device "cpu" | "cuda" | "cuda:N"; precision "32" | "16-mixed" | "bf16-mixed" (AMP autocast; "16" / "bf16"
-    accepted); `batch_size` images per call; `warmup` untimed calls (then one per batch of input sizes not met yet)
-    and `iters` timed calls per pass; `channels_last`, `compile` (`compile_mode`: torch.compile's mode, implies
-    compile), `cudnn_benchmark`, `half_weights` (weights cast to the half type once), `tf32` (True / False: set
-    cuDNN's and the matmuls' TF32 for the run; None: leave torch's setting): the speed-up flags; `breakdown`: also time the stages (`breakdown_iters` calls, default `iters`);
-    `flops_images`: images the FLOPs are averaged over (0: params only).
+    `settings` are `compare`'s keyword arguments (its signature holds the defaults): device "cpu" | "cuda" |
+    "cuda:N"; precision "32" | "16-mixed" | "bf16-mixed" (AMP autocast; "16" / "bf16" accepted); `batch_size`
+    images per call; `warmup` untimed calls (then one per batch of input sizes not met yet) and `iters` timed calls
+    per pass; `channels_last`, `compile` (`compile_mode`: torch.compile's mode, implies compile),
+    `cudnn_benchmark`, `half_weights` (weights cast to the half type once), `tf32` (True / False: set cuDNN's and
+    the matmuls' TF32 for the run; None: leave torch's setting): the speed-up flags; `breakdown`: also time the
+    stages (`breakdown_iters` calls, default `iters`); `flops_images`: images the FLOPs are averaged over (0:
+    params only).
 
-    The record: fps, fps_model (batch / mean latency), fps_median, fps_model_median, latency_ms {mean, p50, p90, min, max, std}, latency_model_ms, stages_ms (ms per
-    stage, medians; null for a model without a SPEED_SPLIT or with breakdown=False), breakdown_total_ms,
-    peak_memory_mb (CUDA; null elsewhere), params, gflops, gflops_std, gmacs, input_size (the network input
-    [H, W]), image_size, batch_size, precision, flags {channels_last, compile, compile_mode, half_weights,
-    cudnn_benchmark, warmup, warmup_calls, iters, breakdown_iters}, timed_calls, environment (with the load
-    average at start and end, the math settings in force: TF32, float32 matmul precision, cudnn.benchmark, and
-    this run's precision, half_weights, channels_last, compile_mode). The model is left in eval mode on `device`
-    (in channels_last memory format, and with half weights, if asked).
+    The record: fps, fps_model (batch / mean latency), fps_median, fps_model_median, latency_ms {mean, p50, p90,
+    min, max, std}, latency_model_ms, stages_ms (ms per stage, medians; null for a model without a SPEED_SPLIT or
+    with breakdown=False), breakdown_total_ms, peak_memory_mb (CUDA; null elsewhere), params, gflops, gflops_std,
+    gmacs, input_size (the network input [H, W]), image_size, batch_size, precision, flags {channels_last, compile,
+    compile_mode, half_weights, cudnn_benchmark, warmup, warmup_calls, iters, breakdown_iters}, timed_calls,
+    environment (with the load average at start and end, the math settings in force: TF32, float32 matmul
+    precision, cudnn.benchmark, and this run's precision, half_weights, channels_last, compile_mode). The model is
+    left in eval mode on `device` (in channels_last memory format, and with half weights, if asked).
     """
-    result = compare(
-        [(type(model).__name__, model, images)], device=device, precision=precision, batch_size=batch_size,
-        warmup=warmup, iters=iters, channels_last=channels_last, compile=compile, breakdown=breakdown,
-        cudnn_benchmark=cudnn_benchmark, breakdown_iters=breakdown_iters, flops_images=flops_images,
-        compile_mode=compile_mode, half_weights=half_weights, tf32=tf32,
-    )
+    result = compare([(type(model).__name__, model, images)], **settings)
     return result["runs"][0]
 
 

@@ -38,7 +38,6 @@ import argparse
 import contextlib
 import math
 import importlib
-import json
 import sys
 import types
 from pathlib import Path
@@ -49,7 +48,7 @@ from torch import Tensor, nn
 
 from benchmarks.parity import _detectron2_stub
 from benchmarks.parity.common import (
-    FIXTURE_DIR, converter_reads, git_head, layout, max_differences, official_layout, save_fixture, seeded_state,
+    converter_reads, git_head, layout, max_differences, official_layout, save_fixture, script_main, seeded_state,
     state_checksum, tolerances,
 )
 from models.centermask import CenterMask
@@ -382,12 +381,7 @@ def run_parity(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--official-repo", required=True, help="a youngwanLEE/centermask2 checkout")
-    parser.add_argument("--seed", type=int, default=PARITY_SEED)
-    parser.add_argument("--fixture-dir", default=FIXTURE_DIR)
-    args = parser.parse_args(argv)
-    print(json.dumps(run_parity(args), indent=2, default=str))
+    script_main(__doc__.split("\n\n")[0], "a youngwanLEE/centermask2 checkout", PARITY_SEED, run_parity, argv)
 
 
 if __name__ == "__main__":

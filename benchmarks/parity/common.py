@@ -17,11 +17,13 @@ The procedure, per architecture:
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
+import json
 import math
 import os
 import zlib
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -194,3 +196,14 @@ def compare(official: dict[str, Tensor], ours: dict[str, Tensor], allowed: dict[
     measured = max_differences(official, ours)
     return [f"{name}: max |diff| {measured[name]:.3g} > tolerance {allowed[name]:.3g}"
             for name in official if measured[name] > allowed[name]]
+
+
+def script_main(description: str, repo_help: str, seed: int, run_parity: Callable[[argparse.Namespace], dict[str, Any]],
+                argv: Sequence[str] | None = None) -> None:
+    """The command line of a parity script: --official-repo (required), --seed, --fixture-dir; runs `run_parity`
+    on them and prints its summary as JSON."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--official-repo", required=True, help=repo_help)
+    parser.add_argument("--seed", type=int, default=seed)
+    parser.add_argument("--fixture-dir", default=FIXTURE_DIR)
+    print(json.dumps(run_parity(parser.parse_args(argv)), indent=2, default=str))

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import json
 import sys
 import types
 from pathlib import Path
@@ -43,7 +42,7 @@ from torch import Tensor
 
 from benchmarks.parity import _detectron2_stub
 from benchmarks.parity.common import (
-    FIXTURE_DIR, converter_reads, git_head, layout, max_differences, official_layout, save_fixture, seeded_state,
+    converter_reads, git_head, layout, max_differences, official_layout, save_fixture, script_main, seeded_state,
     state_checksum, tolerances,
 )
 from models.common.checkpoint import rename_key
@@ -357,12 +356,7 @@ def run_parity(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--official-repo", required=True, help="hujiecpp/ISTR checked out at 02279fc (V1)")
-    parser.add_argument("--seed", type=int, default=PARITY_SEED)
-    parser.add_argument("--fixture-dir", default=FIXTURE_DIR)
-    args = parser.parse_args(argv)
-    print(json.dumps(run_parity(args), indent=2))
+    script_main(__doc__.split("\n\n")[0], "hujiecpp/ISTR checked out at 02279fc (V1)", PARITY_SEED, run_parity, argv)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from models import MODELS
+from tests.models.istr.common import TINY as ISTR_TINY
+from tests.models.yolact.common import TINY as YOLACT_TINY
 
 NUM_CLASSES = 3
 
@@ -52,22 +54,9 @@ TINY_CONFIGS = {
         maskiou_convs=1,
         maskiou_channels=16,
     ),
-    "yolact": dict(
-        backbone="resnet18",
-        fpn_channels=16,
-        num_prototypes=8,
-        proto_channels=16,
-        head_channels=16,
-        input_size=64,
-        anchor_scales=[8, 16, 32, 64, 128],
-        detections_per_img=20,
-    ),
+    "yolact": {**YOLACT_TINY, "num_prototypes": 8, "detections_per_img": 20},
     # The data-free DCT codec: a fresh PCA codec needs a fit on data first (tests/models/istr/test_model.py covers it).
-    "istr": dict(
-        backbone="resnet18", norm="bn", frozen_stages=0, fpn_channels=32, min_size=64, max_size=96, num_queries=10,
-        num_stages=2, num_heads=4, dim_feedforward=64, dynamic_dim=8, codec="dct", codec_components=16,
-        codec_mask_size=14, detections_per_img=10,
-    ),
+    "istr": {**ISTR_TINY, "num_queries": 10, "codec": "dct", "codec_components": 16},
 }
 
 
