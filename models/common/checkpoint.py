@@ -69,15 +69,16 @@ def load_weights_file(path: str, hint: str = "") -> object:
             from error
 
 
-def read_state_dict(path: str, expected: str, under_model: bool = True, hint: str = "") -> dict[str, torch.Tensor]:
-    """The tensors of a foreign weights file (`load_weights_file`): the file itself as a state dict or, when
-    `under_model`, the state dict under its "model" entry (detectron2's layout). A missing file raises
-    FileNotFoundError; anything else unreadable or not a non-empty dict of tensors is a ValueError naming the file
-    and what was `expected`; `hint` is added to the unreadable-file message."""
+def read_state_dict(path: str, expected: str, wrappers: tuple[str, ...] = ("model",), hint: str = ""
+                    ) -> dict[str, torch.Tensor]:
+    """The tensors of a foreign weights file (`load_weights_file`): the state dict under the first of `wrappers`
+    the file holds as a dict (detectron2's "model"; () for a raw state dict only), else the file itself. A missing
+    file raises FileNotFoundError; anything else unreadable or not a non-empty dict of tensors is a ValueError
+    naming the file and what was `expected`; `hint` is added to the unreadable-file message."""
     checkpoint = load_weights_file(path, hint)
     state = checkpoint
-    if under_model and isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
-        state = checkpoint["model"]
+    if isinstance(checkpoint, dict):
+        state = next((checkpoint[w] for w in wrappers if isinstance(checkpoint.get(w), dict)), checkpoint)
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path}: expected {expected}")
     return state

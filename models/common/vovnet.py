@@ -24,7 +24,7 @@ from timm.models.vovnet import VovNet, model_cfgs
 from torch import Tensor, nn
 
 from models.common.backbone import NORMS, freeze_norm
-from models.common.checkpoint import load_weights_file, rename_key
+from models.common.checkpoint import check_converted_state_dict, read_state_dict, rename_key
 
 # The configurations of timm's VoVNet module (its registered models and `ese_vovnet19b`), by name.
 VOVNET_CONFIGS = tuple(sorted(model_cfgs))
@@ -132,33 +132,18 @@ def official_key(key: str) -> str | None:
 
 
 def load_official_weights(body: nn.Module, path: str) -> None:
-    """Copy official VoVNet weights from `path` into timm's `VovNet` module `body` (strict on the backbone)."""
+    """Copy official VoVNet weights from `path` (a state dict, raw or under 'model' / 'state_dict') into timm's
+    `VovNet` module `body`, strict on the backbone; tensors outside it (a classifier, a detector head) are ignored."""
     try:
-        checkpoint = load_weights_file(path)
+        state = read_state_dict(path, "a state dict of tensors (raw or under 'model' / 'state_dict')",
+                                wrappers=("model", "state_dict"))
     except FileNotFoundError:
         raise FileNotFoundError(f"VoVNet backbone: pretrained_path {path!r} is not a file") from None
-    state = checkpoint
-    if isinstance(checkpoint, dict):
-        for wrapper in ("model", "state_dict"):
-            if isinstance(checkpoint.get(wrapper), dict):
-                state = checkpoint[wrapper]
-                break
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict (raw or under 'model' / 'state_dict')")
-    expected = body.state_dict()
-    mapped, wrong_shape = {}, []
+    mapped = {}
     for key, value in state.items():
         for prefix in ("backbone.bottom_up.", "module."):
             key = key.removeprefix(prefix)
         new_key = official_key(key)
-        if new_key is None or not isinstance(value, Tensor):
-            continue  # not a VoVNet tensor: a classifier, a detector head
-        if new_key not in expected:
-            raise ValueError(f"{path}: {key!r} has no place in this VoVNet (is the configuration the right one?)")
-        if value.shape != expected[new_key].shape:
-            wrong_shape.append(f"{key} {tuple(value.shape)} vs {tuple(expected[new_key].shape)}")
-        mapped[new_key] = value
-    missing = sorted(k for k in expected if k not in mapped and not k.endswith("num_batches_tracked"))
-    if missing or wrong_shape:
-        raise ValueError(f"{path}: official VoVNet weights do not fit: missing {missing}, wrong shape {wrong_shape}")
-    body.load_state_dict(mapped, strict=False)
+        if new_key is not None:
+            mapped[new_key] = value
+    body.load_state_dict(check_converted_state_dict(mapped, body.state_dict(), [], path, "official VoVNet"))

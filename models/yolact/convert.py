@@ -82,7 +82,7 @@ def convert_yolact_official(in_path: str, out_path: str, input_size: int | None 
         input_size = input_size_from_name(in_path)
     elif input_size < 32:
         raise ValueError(f"{in_path}: input_size must be >= 32 pixels (550, 700, ...), got {input_size}")
-    state = read_state_dict(in_path, "a raw state dict of tensors (the official YOLACT format)", under_model=False)
+    state = read_state_dict(in_path, "a raw state dict of tensors (the official YOLACT format)", wrappers=())
     settings = official_settings(state, in_path, input_size)
     model = YOLACT(**settings)
     model.load_state_dict(map_state_dict(state, model.state_dict(), in_path), strict=True)

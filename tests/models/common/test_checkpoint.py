@@ -7,7 +7,7 @@ import torch
 from models.common.checkpoint import read_state_dict, rename_key
 
 
-def test_read_state_dict_takes_the_file_or_its_model_entry(tmp_path):
+def test_read_state_dict_takes_the_file_or_its_wrapped_entry(tmp_path):
     weights = {"conv.weight": torch.ones(2, 3)}
     raw, wrapped = tmp_path / "raw.pth", tmp_path / "d2.pth"
     torch.save(weights, raw)
@@ -15,7 +15,10 @@ def test_read_state_dict_takes_the_file_or_its_model_entry(tmp_path):
     assert read_state_dict(str(raw), "x").keys() == weights.keys()
     assert read_state_dict(str(wrapped), "x").keys() == weights.keys()
     with pytest.raises(ValueError, match=r"d2.pth: expected a raw state dict"):  # the wrapper is not unwrapped
-        read_state_dict(str(wrapped), "a raw state dict", under_model=False)
+        read_state_dict(str(wrapped), "a raw state dict", wrappers=())
+    lightning_like = tmp_path / "lightning.ckpt"
+    torch.save({"state_dict": weights, "epoch": 3}, lightning_like)
+    assert read_state_dict(str(lightning_like), "x", wrappers=("model", "state_dict")).keys() == weights.keys()
 
 
 def test_read_state_dict_names_the_file_and_what_is_wrong(tmp_path):

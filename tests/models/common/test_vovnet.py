@@ -81,6 +81,9 @@ def test_official_imagenet_weights_load_through_pretrained_path(tmp_path):
     torch.save(state, tmp_path / "incomplete.pth")
     with pytest.raises(ValueError, match=r"stages\.1\.blocks\.0\.attn\.fc\.bias"):
         VoVNetBackbone("ese_vovnet19b", [2, 3, 4], pretrained_path=str(tmp_path / "incomplete.pth"))
+    # Another configuration's weights (VoVNet-19's into VoVNet-39): refused, naming the layout.
+    with pytest.raises(ValueError, match="do not match the official VoVNet layout"):
+        VoVNetBackbone("ese_vovnet39b", [2, 3, 4], pretrained_path=str(tmp_path / "vovnet19_ese_detectron2.pth"))
 
 
 def test_bad_arguments_are_named():
