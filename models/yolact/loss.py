@@ -131,15 +131,19 @@ class YolactLoss:
     def loss_box(
         self, outputs: YolactOutputs, anchor_classes: Tensor, matched_gt: list[Tensor], targets: list[YolactTarget]
     ) -> Tensor:
-        """Smooth L1 (beta 1) between predicted and encoded matched boxes of positives, summed, x box_weight."""
-        total = outputs.box_deltas.sum() * 0  # stays in the graph when there is no positive
-        for deltas, classes, gt_index, target in zip(outputs.box_deltas, anchor_classes, matched_gt, targets):
-            positive = classes > 0
-            if not bool(positive.any()):
-                continue
-            encoded = self.box_coder.encode_single(target.boxes[gt_index[positive]], outputs.anchors[positive])
-            total = total + F.smooth_l1_loss(deltas[positive], encoded, reduction="sum", beta=1.0)
-        return total * self.box_weight
+        """Smooth L1 (beta 1) between predicted and encoded matched boxes of positives, summed, x box_weight.
+
+        Every anchor is encoded and the positives' terms kept with `where`: selecting the positives first (boolean
+        indexing, or a test for any) would read the mask on the host, a device sync per image."""
+        batch, num_anchors = anchor_classes.shape
+        # Each anchor's matched box; an image without boxes matches every anchor to itself (a zero target that no
+        # positive reads).
+        matched = torch.stack([target.boxes[gt_index] if len(target.boxes) else outputs.anchors
+                               for gt_index, target in zip(matched_gt, targets)])  # [B, N, 4]
+        encoded = self.box_coder.encode_single(matched.flatten(0, 1), outputs.anchors.repeat(batch, 1))
+        per_anchor = F.smooth_l1_loss(outputs.box_deltas, encoded.view(batch, num_anchors, 4), reduction="none",
+                                      beta=1.0)
+        return torch.where((anchor_classes > 0)[..., None], per_anchor, 0.0).sum() * self.box_weight
 
     def loss_mask(
         self, outputs: YolactOutputs, anchor_classes: Tensor, matched_gt: list[Tensor], targets: list[YolactTarget]

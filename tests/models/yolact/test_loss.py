@@ -36,6 +36,35 @@ def test_losses_by_hand_on_two_anchors():
     torch.testing.assert_close(losses["loss_semantic"], torch.tensor(num_classes * math.log(2)))
 
 
+def test_box_loss_sums_the_positives_terms_and_their_gradients_only():
+    """loss_box over every anchor with the positives kept by `where` (no host sync) equals the per-image sum over the
+    positives' smooth L1 terms, in value and gradient; an image without boxes adds nothing."""
+    generator = torch.Generator().manual_seed(0)
+    corners = torch.rand(40, 2, generator=generator) * 48
+    anchors = torch.cat([corners, corners + 4 + torch.rand(40, 2, generator=generator) * 12], 1)
+    gt = torch.tensor([[4.0, 4.0, 20.0, 24.0], [30.0, 10.0, 60.0, 40.0], [10.0, 35.0, 28.0, 60.0]])
+    no_boxes = YolactTarget(boxes=torch.zeros(0, 4), labels=torch.zeros(0, dtype=torch.int64),
+                            masks=torch.zeros(0, 8, 8), crowd_boxes=torch.zeros(0, 4))
+    targets = [YolactTarget(boxes=gt, labels=torch.tensor([0, 2, 1]), masks=torch.zeros(3, 8, 8),
+                            crowd_boxes=torch.zeros(0, 4)), no_boxes]
+    matches = [match_anchors(anchors, t.boxes, t.labels, t.crowd_boxes) for t in targets]
+    classes = torch.stack([c for c, _ in matches])
+    assert (classes[0] > 0).sum() >= 3 and not (classes[1] > 0).any()
+    deltas = torch.randn(2, 40, 4, generator=generator, requires_grad=True)
+    outputs = YolactOutputs(box_deltas=deltas, class_logits=torch.zeros(2, 40, 4), coefficients=torch.zeros(2, 40, 2),
+                            prototypes=torch.zeros(2, 2, 8, 8), semantic_logits=None, anchors=anchors,
+                            input_size=(64, 64))
+    loss = YolactLoss()
+    box_loss = loss.loss_box(outputs, classes, [g for _, g in matches], targets)
+    (gradient,) = torch.autograd.grad(box_loss, deltas)
+    positive = classes[0] > 0
+    encoded = loss.box_coder.encode_single(gt[matches[0][1][positive]], anchors[positive])
+    expected = F.smooth_l1_loss(deltas[0, positive], encoded, reduction="sum", beta=1.0) * loss.box_weight
+    (expected_gradient,) = torch.autograd.grad(expected, deltas)
+    torch.testing.assert_close(box_loss, expected, rtol=1e-6, atol=0)
+    torch.testing.assert_close(gradient, expected_gradient, rtol=0, atol=0)
+
+
 def test_ohem_takes_three_negatives_per_positive_hardest_first():
     loss = YolactLoss()
     classes = torch.tensor([[2, 0, 0, 0, 0, 0, -1]])
