@@ -64,11 +64,12 @@ def test_only_the_box_regressors_change_and_models_that_need_nothing_are_left_al
 def test_the_gpu_checks_paper_configs_make_their_caps_at_smoke_size_for_several_seeds(tmp_path):
     """The four paper configs as the GPU check's smoke bench builds them (its overlays, synthetic data and ISTR
     codec; `maskbench bench --random-weights`), three seeds in one alternating run each."""
-    from benchmarks.gpu_check import PAPER_CONFIGS, Check, Settings
+    from benchmarks.gpu_check import MODEL_CLASSES, PAPER_CONFIGS, Check, Settings
+    from tests.benchmarks.test_gpu_check import PAPER_CAPS
 
     check = Check(tmp_path, 600, Settings(smoke=True, device="cpu"))
     assert check.data(), (tmp_path / "gpu_check.log").read_text()[-2000:]
-    caps = {"MaskRCNN": 100, "CenterMask": 50, "YOLACT": 100, "ISTR": 100}  # the paper configs' caps
+    caps = {MODEL_CLASSES[name]: cap for name, cap in PAPER_CAPS.items()}
     for seed in (0, 1, 2):
         out = tmp_path / f"bench_{seed}.json"
         argv = [sys.executable, "-m", "experiments.cli", "bench", "--data-config", str(check.data_yaml),
