@@ -75,6 +75,28 @@ def test_ohem_takes_three_negatives_per_positive_hardest_first():
     torch.testing.assert_close(loss.loss_cls(logits, classes), expected)
 
 
+def test_class_loss_is_the_selected_anchors_cross_entropy_in_value_and_gradient():
+    """Every anchor's cross-entropy with the OHEM selection kept by `where` (no host sync) equals F.cross_entropy of
+    the selected anchors alone; unselected and neutral anchors get no gradient."""
+    generator = torch.Generator().manual_seed(0)
+    classes = torch.randint(-1, 4, (2, 50), generator=generator)
+    classes[1] = torch.where(classes[1] > 0, 0, classes[1])  # an image without positives: no negatives either
+    logits = (torch.randn(2, 50, 4, generator=generator) * 3).requires_grad_()
+    loss = YolactLoss().loss_cls(logits, classes)
+    (gradient,) = torch.autograd.grad(loss, logits)
+    with torch.no_grad():
+        hardness = torch.logsumexp(logits, 2) - logits[..., 0]
+        hardness[(classes > 0) | (classes == -1)] = 0
+        rank = hardness.argsort(1, descending=True).argsort(1)
+        negative = (rank < (classes > 0).sum(1, keepdim=True) * 3) & (classes == 0)
+    selected = (classes > 0) | negative
+    expected = F.cross_entropy(logits[selected], classes[selected], reduction="sum")
+    (expected_gradient,) = torch.autograd.grad(expected, logits)
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=0)
+    torch.testing.assert_close(gradient, expected_gradient, rtol=1e-5, atol=1e-6)  # float32 rounding
+    assert selected[0].sum() > (classes[0] > 0).sum() and not selected[1].any()
+
+
 def test_crowd_instances_are_not_training_targets():
     model = tiny_model()
     image = torch.rand(3, 64, 64)
