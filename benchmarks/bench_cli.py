@@ -4,7 +4,8 @@
                     [--precision 32|16-mixed|bf16-mixed] [--half-weights] [--tf32 | --no-tf32]
                     [--batch-size 1] [--warmup 10] [--iters 100] [--channels-last]
                     [--compile] [--compile-mode reduce-overhead|max-autotune|...] [--cudnn-benchmark] [--images 100] [--flops-images 5] [--breakdown-iters N]
-                    [--no-breakdown] [--data-config DATA.yaml] [--set KEY=VALUE ...] [--out FILE.json]
+                    [--no-breakdown] [--data-config DATA.yaml] [--set KEY=VALUE ...] [--random-weights]
+                    [--out FILE.json]
 
 Each --config is a model config as `maskbench fit` reads it (model: class_path/init_args, data: ...), or several
 YAML files of one model joined by commas (A.yaml,overrides.yaml: later files win), built the same way (Lightning's
@@ -14,6 +15,9 @@ weights into it. The inputs are the first --images val images of each config's d
 a Lightning CLI override to every model, e.g. --set model.init_args.pretrained=false
 --set model.init_args.pretrained_path=null to build paper configs without their ImageNet weights, which do not
 change the speed (the VoVNet configs name a weights file, and a file with pretrained=false is an error).
+--random-weights does that for every model and also sets the box regressors whose random initialisation gives boxes
+without area (benchmarks/random_weights.py), so a random model makes a trained one's number of detections and its
+per-detection work (mask pasting) is timed: the way to time paper configs without checkpoints.
 
 Several --config run alternately (A B A B ... call by call, in one process) and the table adds each one's ratios
 to the first. --out writes the JSON (one record for one config; {"runs", "ratios", "environment"} for several).
@@ -27,6 +31,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+
+
+# --random-weights: the paper configs built without their ImageNet weights (--set, before the user's own).
+RANDOM_WEIGHT_OVERRIDES = ["model.init_args.pretrained=false", "model.init_args.pretrained_path=null"]
 
 
 class BenchError(ValueError):
@@ -62,6 +70,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-config", default=None, metavar="DATA.yaml", help="data config added to every model")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="Lightning CLI override for every model, e.g. model.init_args.pretrained=false")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="no pretrained weights, and box regressors set so that random models make detections "
+                        "with extent (benchmarks/random_weights.py): times the per-detection work without checkpoints")
     parser.add_argument("--out", default=None, help="write the result JSON here (atomically)")
     parser.set_defaults(handler=run_bench)
 
@@ -143,6 +154,7 @@ def prepare_codec(model, datamodule) -> dict | None:
 
 def run_bench(args) -> int:
     from benchmarks.progress import call_progress, expected_calls
+    from benchmarks.random_weights import prepare_random_weights
     from benchmarks.speed import compare, load_val_images
     from benchmarks.speed_run import COMPILE_MODES, canonical_precision
     from datamodules.files import write_json_atomic
@@ -158,11 +170,15 @@ def run_bench(args) -> int:
             raise BenchError("--half-weights needs --precision 16-mixed or bf16-mixed")
         if args.ckpt_path and len(args.ckpt_path) != len(args.config):
             raise BenchError(f"give one --ckpt_path per --config ({len(args.config)}), or none")
+        if args.random_weights and args.ckpt_path:
+            raise BenchError("--random-weights and --ckpt_path exclude each other")
         checkpoints = args.ckpt_path or [None] * len(args.config)
-        entries, codecs = [], []
+        overrides = [*(RANDOM_WEIGHT_OVERRIDES if args.random_weights else []), *args.overrides]
+        entries, codecs, randomised = [], [], []
         for name, config, ckpt in zip(run_names(args.config), args.config, checkpoints):
             print(f"building {name} ({config})", file=sys.stderr, flush=True)
-            model, datamodule = build_from_config(config, args.data_config, args.overrides, ckpt)
+            model, datamodule = build_from_config(config, args.data_config, overrides, ckpt)
+            randomised.append(prepare_random_weights(model) if args.random_weights else None)
             codecs.append(prepare_codec(model, datamodule))
             entries.append((name, model, load_val_images(datamodule, args.images)))
     except BenchError as err:
@@ -178,9 +194,11 @@ def run_bench(args) -> int:
             flops_images=args.flops_images, compile_mode=args.compile_mode, half_weights=args.half_weights,
             tf32=args.tf32,
         )
-    for record, codec in zip(result["runs"], codecs):
+    for record, codec, changed in zip(result["runs"], codecs, randomised):
         if codec is not None:
             record["codec"] = codec
+        if changed is not None:  # the parameters prepare_random_weights set
+            record["random_weights"] = changed
     print(format_table(result))
     for record in result["runs"]:
         if "codec" in record:
@@ -223,6 +241,7 @@ def format_table(result: dict) -> str:
         f"input size), {flags['iters']} timed calls; flags channels_last={flags['channels_last']} "
         f"compile={flags['compile_mode'] or False} cudnn_benchmark={flags['cudnn_benchmark']} "
         f"TF32 conv={env['cudnn_allow_tf32']} matmul={env['float32_matmul_precision']}"
+        + ("; random weights (--random-weights)" if "random_weights" in first else "")
     )
     width = max(16, *(len(record["name"]) for record in result["runs"]))
     header = (f"{'name':<{width}} {'input':>9} {'dets':>5} {'FPS ± 95 %':>14} {'FPS med':>7} {'FPS mdl':>7} "

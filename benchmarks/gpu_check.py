@@ -10,8 +10,10 @@ a row of the table; the rest still run), all inside --budget seconds:
   2. gpu tests: `pytest -m gpu` (the CUDA AMP contract in tests/benchmarks/test_gpu_check.py among them);
   3. bench fp32 and bench fp16: `maskbench bench` on the four paper configs (Mask R-CNN R50-FPN, CenterMask-Lite
      V-39, YOLACT-550 R50, ISTR R50) in one alternating run per precision, batch 1, end to end and model only,
-     random weights (pretrained=false, pretrained_path=null) with score thresholds 0, so every model keeps its
+     random weights (`--random-weights`: no pretrained weights, and the CenterMask and ISTR box regressors set so
+     that no box is without area, benchmarks/random_weights.py) with score thresholds 0, so every model keeps its
      cap of detections and its mask head and pasting are timed (untrained scores sit below the paper thresholds);
+     the table gives each model's detections per image;
   4. Mask R-CNN vs torchvision's maskrcnn_resnet50_fpn on the same weights (benchmarks/mask_rcnn_vs_torchvision.py);
   5. training throughput per architecture (benchmarks/train_speed.py: images/s with the loader, and the loader alone).
 It writes ONE Markdown table (gpu_check.md) and its JSON (gpu_check.json) to --out (default $OUT), and every
@@ -20,7 +22,8 @@ stage's output to gpu_check.log there. The table ends with the issue's goals: YO
 torchvision's, and the loader >= 2x each architecture's training consumption. FPS: batch / mean latency.
 
 --smoke shrinks every setting (input sizes ~128 px, 2 timed calls, 1 training step) and, with no GPU, only
-collects the gpu tests: a dry run of every stage on the CPU that keeps this script from rotting.
+collects the gpu tests: a dry run of every stage on the CPU that keeps this script from rotting. --seed draws other
+random weights (Lightning's seed_everything, 0 by default) for the bench and training stages.
 """
 from __future__ import annotations
 
@@ -34,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from benchmarks.bench_cli import RANDOM_WEIGHT_OVERRIDES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,7 +65,8 @@ SMOKE_SIZES = {
     "yolact": {"input_size": 160},
     "istr": {"min_size": 128, "max_size": 160},
 }
-RANDOM_WEIGHTS = ["--set", "model.init_args.pretrained=false", "--set", "model.init_args.pretrained_path=null"]
+# The training stages' random weights (the bench stages take --random-weights, which also sets box regressors).
+RANDOM_WEIGHTS = [arg for override in RANDOM_WEIGHT_OVERRIDES for arg in ("--set", override)]
 
 GOALS = {
     "yolact_over_mask_rcnn": 4.0,
@@ -74,8 +80,9 @@ GOALS = {
 class Settings:
     """What --smoke changes: sizes, counts and the time limits of the stages (seconds)."""
 
-    def __init__(self, smoke: bool, device: str):
-        self.smoke, self.device = smoke, device
+    def __init__(self, smoke: bool, device: str, seed: int = 0):
+        self.smoke, self.device, self.seed_value = smoke, device, seed
+        self.seed = ["--set", f"seed_everything={seed}"]
         # The codec needs more independent training masks than its 60 components: ~100 at 48 images.
         self.data = dict(num_train=48, num_val=3, image_size=96) if smoke else dict(
             num_train=64, num_val=16, image_size=640)
@@ -214,7 +221,8 @@ class Check:
         stage = f"bench {precision}"
         out = self.work / f"bench_{precision}.json"
         argv = ["-m", "experiments.cli", "bench", "--device", self.settings.device, "--precision", precision,
-                "--data-config", str(self.data_yaml), *RANDOM_WEIGHTS, *self.settings.bench, "--out", str(out)]
+                "--data-config", str(self.data_yaml), "--random-weights", *self.settings.seed, *self.settings.bench,
+                "--out", str(out)]
         for name in PAPER_CONFIGS:
             argv += ["--config", self.configs[name]]
         record = self.python(stage, argv, self.settings.limits["bench"])
@@ -269,7 +277,7 @@ class Check:
         stage = f"train {name}"
         out = self.work / f"train_{name}.json"
         record = self.python(stage, ["-m", "benchmarks.train_speed", "--config", self.configs[name],
-                                     "--data-config", str(self.data_yaml), *RANDOM_WEIGHTS,
+                                     "--data-config", str(self.data_yaml), *RANDOM_WEIGHTS, *self.settings.seed,
                                      "--device", self.settings.device, *self.settings.train, "--out", str(out)],
                              self.settings.limits["train"])
         if record["status"] != "ok":
@@ -296,7 +304,7 @@ class Check:
         seconds = time.monotonic() - started
         lines = [
             f"# maskbench GPU check ({'smoke, ' if self.settings.smoke else ''}device {self.settings.device}, "
-            f"{seconds:.0f} s)",
+            f"seed {self.settings.seed_value}, {seconds:.0f} s)",
             "",
             "| stage | measurement | value | goal | met |",
             "|---|---|---|---|---|",
@@ -311,6 +319,7 @@ class Check:
         table = "\n".join(lines) + "\n"
         (self.out / "gpu_check.md").write_text(table, encoding="utf-8")
         payload = {"seconds": seconds, "smoke": self.settings.smoke, "device": self.settings.device,
+                   "seed": self.settings.seed_value,
                    "stages": self.stages, "results": self.results,
                    "rows": [dict(zip(("stage", "measurement", "value", "goal", "met"), row)) for row in self.rows]}
         (self.out / "gpu_check.json").write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
@@ -359,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=None,
                         help="seconds for the whole check (default 450: 8 minutes with a margin; smoke: 3600)")
     parser.add_argument("--train-precision", default="32", help="precision of the training-throughput runs")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (bench and training)")
     args = parser.parse_args(argv)
     if not args.out:
         parser.error("give --out DIR (or set $OUT)")
@@ -366,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu_check.log").write_text("", encoding="utf-8")
     started = time.monotonic()
-    settings = Settings(args.smoke, args.device)
+    settings = Settings(args.smoke, args.device, args.seed)
     settings.train += ["--precision", args.train_precision]
     check = Check(out, args.budget or (3600 if args.smoke else 450), settings)
     check.environment()

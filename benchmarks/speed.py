@@ -296,7 +296,7 @@ def compare(
 
 
 def benchmark(model: nn.Module, images: Sequence[Tensor], **settings: Any) -> dict[str, Any]:
-    """The speed record of one model on `images` (list of float [3,H,W] in 0..1, e.g. `load_val_images`).
+    """The speed record of one model on `images` (list of uint8 [3,H,W] 0..255 or float 0..1, e.g. `load_val_images`).
 
     `settings` are `compare`'s keyword arguments (its signature holds the defaults): device "cpu" | "cuda" |
     "cuda:N"; precision "32" | "16-mixed" | "bf16-mixed" (AMP autocast; "16" / "bf16" accepted); `batch_size`

@@ -107,8 +107,11 @@ class SpeedRun:
         self.weights_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
-        # Images go to the device once, here, never inside a timed call.
-        on_device = [image.to(self.device, torch.float32) for image in images]
+        # Images go to the device once, here, never inside a timed call. uint8 stays uint8, as the loader sends it
+        # and the model normalises it (a float cast alone would hand the model 0..255 values on its 0..1 scale:
+        # inputs 255x too bright, fp16 activations that overflow, and detection counts unlike real inference).
+        on_device = [image.to(self.device) if image.dtype == torch.uint8 else image.to(self.device, torch.float32)
+                     for image in images]
         num_batches = -(-len(on_device) // batch_size)  # ceil: every image in some batch, the last one wrapping
         self.batches = [
             [on_device[(b * batch_size + j) % len(on_device)] for j in range(batch_size)] for b in range(num_batches)

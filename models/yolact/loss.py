@@ -114,32 +114,43 @@ class YolactLoss:
         return losses
 
     def loss_cls(self, class_logits: Tensor, anchor_classes: Tensor) -> Tensor:
-        """OHEM softmax cross-entropy, summed: class_logits [B, N, C+1], anchor_classes [B, N] (-1 neutral)."""
+        """OHEM softmax cross-entropy, summed: class_logits [B, N, C+1], anchor_classes [B, N] (-1 neutral).
+
+        The cross-entropy of every anchor, the selected ones' kept with `where`: selecting first (boolean indexing)
+        would read the selection on the host, a device sync."""
         positive = anchor_classes > 0
+        class_logits = class_logits.float()  # the cross-entropy in float32 under mixed precision, as F.cross_entropy
+        log_partition = torch.logsumexp(class_logits, dim=2)  # [B, N]
         with torch.no_grad():
             # -log p(background) = logsumexp - background logit: how wrongly confident an anchor is.
-            hardness = torch.logsumexp(class_logits, dim=2) - class_logits[..., 0]
-            hardness[positive | (anchor_classes == NEUTRAL)] = 0
+            hardness = log_partition - class_logits[..., 0]
+            hardness = hardness.masked_fill(positive | (anchor_classes == NEUTRAL), 0)
             rank = hardness.argsort(dim=1, descending=True).argsort(dim=1)  # rank of each anchor in its image
             num_negatives = (positive.sum(dim=1, keepdim=True) * self.negpos_ratio).clamp(
                 max=anchor_classes.shape[1] - 1
             )
             negative = (rank < num_negatives) & ~positive & (anchor_classes != NEUTRAL)
         selected = positive | negative
-        return F.cross_entropy(class_logits[selected], anchor_classes[selected], reduction="sum")
+        # cross-entropy = logsumexp - the target's logit
+        target_logit = class_logits.gather(2, anchor_classes.clamp(min=0).unsqueeze(2)).squeeze(2)
+        return torch.where(selected, log_partition - target_logit, 0.0).sum()
 
     def loss_box(
         self, outputs: YolactOutputs, anchor_classes: Tensor, matched_gt: list[Tensor], targets: list[YolactTarget]
     ) -> Tensor:
-        """Smooth L1 (beta 1) between predicted and encoded matched boxes of positives, summed, x box_weight."""
-        total = outputs.box_deltas.sum() * 0  # stays in the graph when there is no positive
-        for deltas, classes, gt_index, target in zip(outputs.box_deltas, anchor_classes, matched_gt, targets):
-            positive = classes > 0
-            if not bool(positive.any()):
-                continue
-            encoded = self.box_coder.encode_single(target.boxes[gt_index[positive]], outputs.anchors[positive])
-            total = total + F.smooth_l1_loss(deltas[positive], encoded, reduction="sum", beta=1.0)
-        return total * self.box_weight
+        """Smooth L1 (beta 1) between predicted and encoded matched boxes of positives, summed, x box_weight.
+
+        Every anchor is encoded and the positives' terms kept with `where`: selecting the positives first (boolean
+        indexing, or a test for any) would read the mask on the host, a device sync per image."""
+        batch, num_anchors = anchor_classes.shape
+        # Each anchor's matched box; an image without boxes matches every anchor to itself (a zero target that no
+        # positive reads).
+        matched = torch.stack([target.boxes[gt_index] if len(target.boxes) else outputs.anchors
+                               for gt_index, target in zip(matched_gt, targets)])  # [B, N, 4]
+        encoded = self.box_coder.encode_single(matched.flatten(0, 1), outputs.anchors.repeat(batch, 1))
+        per_anchor = F.smooth_l1_loss(outputs.box_deltas, encoded.view(batch, num_anchors, 4), reduction="none",
+                                      beta=1.0)
+        return torch.where((anchor_classes > 0)[..., None], per_anchor, 0.0).sum() * self.box_weight
 
     def loss_mask(
         self, outputs: YolactOutputs, anchor_classes: Tensor, matched_gt: list[Tensor], targets: list[YolactTarget]

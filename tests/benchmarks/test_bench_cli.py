@@ -10,7 +10,8 @@ from benchmarks.bench_cli import BenchError, build_from_config, cli_arguments, r
 from experiments.cli import main
 from tests.models.test_contract import TINY_CONFIGS
 
-CLASS_PATHS = {"mask_rcnn": "models.mask_rcnn.MaskRCNN", "yolact": "models.yolact.YOLACT"}
+CLASS_PATHS = {"mask_rcnn": "models.mask_rcnn.MaskRCNN", "yolact": "models.yolact.YOLACT",
+               "centermask": "models.centermask.CenterMask"}
 
 
 @pytest.fixture
@@ -85,6 +86,20 @@ def test_bad_checkpoint_and_override_are_one_line_errors(tiny_config, tmp_path, 
         cli_arguments("a.yaml", None, ["model.init_args.lr"])
     assert cli_arguments("a.yaml", "d.yaml", ["trainer.devices=1"]) == [
         "fit", "--config", "a.yaml", "--config", "d.yaml", "--trainer.devices", "1"]
+
+
+def test_random_weights_build_without_pretrained_weights_and_set_the_box_regressors(tiny_config, tmp_path, capsys):
+    """--random-weights: the CenterMask regressor bias set (benchmarks/random_weights.py), recorded, in the table,
+    and a random CenterMask keeps its cap of detections (10), every box with area."""
+    out = tmp_path / "random.json"
+    groups = ["--set", "model.init_args.fcos_norm_groups=8"]  # batch 1: P7 is 1x1, so a group needs 2+ channels
+    assert main(["bench", "--config", tiny_config("centermask"), "--random-weights", *groups, *FAST,
+                 "--no-breakdown", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["random_weights"] == ["fcos_head.bbox_pred.bias"] and record["detections_per_image"] == 10
+    assert "random weights (--random-weights)" in capsys.readouterr().out
+    assert main(["bench", "--config", tiny_config("centermask"), "--random-weights", "--ckpt_path", "x.ckpt"]) == 2
+    assert "--random-weights and --ckpt_path exclude each other" in capsys.readouterr().err
 
 
 def test_run_names_tell_configs_apart():

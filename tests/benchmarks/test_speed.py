@@ -208,6 +208,30 @@ def test_batches_cycle_through_the_images(clock, log):
     assert record["fps"] == pytest.approx(2 / (BACKBONE_S + HEAD_S + POST_S))
 
 
+def test_the_model_gets_the_images_as_given_uint8_unscaled(clock, log):
+    """uint8 images reach the model as uint8 (it normalises them, as for the loader's batches): a bare float cast
+    would hand it 0..255 on its 0..1 scale. Float images reach it as float32 with their values."""
+    class Recorder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.seen = nn.Conv2d(3, 3, 1), []
+
+        def forward(self, images):
+            self.seen += [image.clone() for image in images]
+            clock.now += 0.01
+            return [{"scores": torch.zeros(0)} for _ in images]
+
+    generator = torch.Generator().manual_seed(0)
+    photo = torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8, generator=generator)
+    scaled = torch.rand(3, 8, 9, dtype=torch.float64, generator=generator)
+    net = Recorder()
+    benchmark(net, [photo, scaled], warmup=1, iters=2, flops_images=0, breakdown=False)
+    photos = [image for image in net.seen if image.shape == photo.shape]
+    floats = [image for image in net.seen if image.shape == scaled.shape]
+    assert photos and all(image.dtype == torch.uint8 and torch.equal(image, photo) for image in photos)
+    assert floats and all(image.dtype == torch.float32 and torch.equal(image, scaled.float()) for image in floats)
+
+
 def test_precision_runs_the_calls_under_autocast(clock, log):
     net = UnlistedNet(clock, log)
     record = benchmark(net, images(), precision="bf16-mixed", warmup=1, iters=2, flops_images=1)

@@ -36,6 +36,35 @@ def test_losses_by_hand_on_two_anchors():
     torch.testing.assert_close(losses["loss_semantic"], torch.tensor(num_classes * math.log(2)))
 
 
+def test_box_loss_sums_the_positives_terms_and_their_gradients_only():
+    """loss_box over every anchor with the positives kept by `where` (no host sync) equals the per-image sum over the
+    positives' smooth L1 terms, in value and gradient; an image without boxes adds nothing."""
+    generator = torch.Generator().manual_seed(0)
+    corners = torch.rand(40, 2, generator=generator) * 48
+    anchors = torch.cat([corners, corners + 4 + torch.rand(40, 2, generator=generator) * 12], 1)
+    gt = torch.tensor([[4.0, 4.0, 20.0, 24.0], [30.0, 10.0, 60.0, 40.0], [10.0, 35.0, 28.0, 60.0]])
+    no_boxes = YolactTarget(boxes=torch.zeros(0, 4), labels=torch.zeros(0, dtype=torch.int64),
+                            masks=torch.zeros(0, 8, 8), crowd_boxes=torch.zeros(0, 4))
+    targets = [YolactTarget(boxes=gt, labels=torch.tensor([0, 2, 1]), masks=torch.zeros(3, 8, 8),
+                            crowd_boxes=torch.zeros(0, 4)), no_boxes]
+    matches = [match_anchors(anchors, t.boxes, t.labels, t.crowd_boxes) for t in targets]
+    classes = torch.stack([c for c, _ in matches])
+    assert (classes[0] > 0).sum() >= 3 and not (classes[1] > 0).any()
+    deltas = torch.randn(2, 40, 4, generator=generator, requires_grad=True)
+    outputs = YolactOutputs(box_deltas=deltas, class_logits=torch.zeros(2, 40, 4), coefficients=torch.zeros(2, 40, 2),
+                            prototypes=torch.zeros(2, 2, 8, 8), semantic_logits=None, anchors=anchors,
+                            input_size=(64, 64))
+    loss = YolactLoss()
+    box_loss = loss.loss_box(outputs, classes, [g for _, g in matches], targets)
+    (gradient,) = torch.autograd.grad(box_loss, deltas)
+    positive = classes[0] > 0
+    encoded = loss.box_coder.encode_single(gt[matches[0][1][positive]], anchors[positive])
+    expected = F.smooth_l1_loss(deltas[0, positive], encoded, reduction="sum", beta=1.0) * loss.box_weight
+    (expected_gradient,) = torch.autograd.grad(expected, deltas)
+    torch.testing.assert_close(box_loss, expected, rtol=1e-6, atol=0)
+    torch.testing.assert_close(gradient, expected_gradient, rtol=0, atol=0)
+
+
 def test_ohem_takes_three_negatives_per_positive_hardest_first():
     loss = YolactLoss()
     classes = torch.tensor([[2, 0, 0, 0, 0, 0, -1]])
@@ -44,6 +73,28 @@ def test_ohem_takes_three_negatives_per_positive_hardest_first():
     logits[0, 6, 1] = 9.0  # neutral: never a negative, however hard
     expected = sum(F.cross_entropy(logits[0, i], torch.tensor(c)) for i, c in ((0, 2), (1, 0), (3, 0), (4, 0)))
     torch.testing.assert_close(loss.loss_cls(logits, classes), expected)
+
+
+def test_class_loss_is_the_selected_anchors_cross_entropy_in_value_and_gradient():
+    """Every anchor's cross-entropy with the OHEM selection kept by `where` (no host sync) equals F.cross_entropy of
+    the selected anchors alone; unselected and neutral anchors get no gradient."""
+    generator = torch.Generator().manual_seed(0)
+    classes = torch.randint(-1, 4, (2, 50), generator=generator)
+    classes[1] = torch.where(classes[1] > 0, 0, classes[1])  # an image without positives: no negatives either
+    logits = (torch.randn(2, 50, 4, generator=generator) * 3).requires_grad_()
+    loss = YolactLoss().loss_cls(logits, classes)
+    (gradient,) = torch.autograd.grad(loss, logits)
+    with torch.no_grad():
+        hardness = torch.logsumexp(logits, 2) - logits[..., 0]
+        hardness[(classes > 0) | (classes == -1)] = 0
+        rank = hardness.argsort(1, descending=True).argsort(1)
+        negative = (rank < (classes > 0).sum(1, keepdim=True) * 3) & (classes == 0)
+    selected = (classes > 0) | negative
+    expected = F.cross_entropy(logits[selected], classes[selected], reduction="sum")
+    (expected_gradient,) = torch.autograd.grad(expected, logits)
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=0)
+    torch.testing.assert_close(gradient, expected_gradient, rtol=1e-5, atol=1e-6)  # float32 rounding
+    assert selected[0].sum() > (classes[0] > 0).sum() and not selected[1].any()
 
 
 def test_crowd_instances_are_not_training_targets():
