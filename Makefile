@@ -24,8 +24,8 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 # Every architecture's quickstart config on the synthetic default: train, evaluate, benchmark, then the leaderboard
-# table (printed) and the AP-vs-FPS plot in results/quickstart/leaderboard/. Measured on a fresh clone with 2 CPU
-# cores, partly shared with a test run: 17 min 22 s, the venv install (about 2 min) included. A GPU is used when present.
+# table (printed) and the AP-vs-FPS plot in results/quickstart/leaderboard/. Measured on a fresh clone with 2 idle
+# CPU cores: 11 min 54 s, the venv install (about 1.5 min) included. A GPU is used when present.
 demo: install
 	$(VENV)/bin/maskbench quickstart
 
