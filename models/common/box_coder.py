@@ -1,10 +1,12 @@
-"""torchvision's (dx, dy, dw, dh) box coder, decoding in float32 without a host synchronisation.
+"""torchvision's (dx, dy, dw, dh) box coder, decoding in float32 and encoding without a host synchronisation.
 
 torchvision's `BoxCoder.decode_single` casts the reference boxes to the deltas' dtype, so under mixed precision the
 decoded boxes are float16 / bfloat16 (bfloat16 rounds 1000.3 px to 1000 and 1333 to 1336), and it builds its 0.5
 constant with `torch.tensor(0.5, device=...)`: on CUDA a blocking host-to-device copy on every call, which stops
-the host from queueing ahead (and a decode inside a CUDA graph impossible). Only `decode_single` is replaced;
-`encode_single`, `decode` and the clamp are torchvision's.
+the host from queueing ahead (and a decode inside a CUDA graph impossible). Its `encode_single` likewise copies
+the weights to the device (`torch.as_tensor(weights, device=...)`) on every call, i.e. every training step of the
+models that encode targets. Both are replaced with the same formulas on Python-number weights; `encode` / `decode`
+(the per-image wrappers) and the clamp are torchvision's.
 """
 from __future__ import annotations
 
@@ -14,7 +16,11 @@ from torchvision.models.detection._utils import BoxCoder
 
 
 class Float32BoxCoder(BoxCoder):
-    """`BoxCoder(weights, bbox_xform_clip)` whose decode runs in float32 with Python-number constants.
+    """`BoxCoder(weights, bbox_xform_clip)` whose decode runs in float32, and whose encode and decode use
+    Python-number constants (no host-to-device copy).
+
+    `encode_single(reference_boxes [K, 4], proposals [K, 4]) -> [K, 4]`: torchvision's
+    `encode_boxes`, operation for operation (equal results, bit for bit).
 
     `decode_single(rel_codes [K, 4*A], boxes [K, 4]) -> float32 [K, 4*A]`: the same formula as torchvision's
     (centre moved by d * size / weight, sides scaled by exp(d / weight) with d clamped at `bbox_xform_clip`).
@@ -38,3 +44,20 @@ class Float32BoxCoder(BoxCoder):
         return torch.stack(
             (pred_ctr_x - half_w, pred_ctr_y - half_h, pred_ctr_x + half_w, pred_ctr_y + half_h), dim=2
         ).flatten(1)
+
+    def encode_single(self, reference_boxes: Tensor, proposals: Tensor) -> Tensor:
+        wx, wy, ww, wh = self.weights
+        ex_widths = proposals[:, 2:3] - proposals[:, 0:1]
+        ex_heights = proposals[:, 3:4] - proposals[:, 1:2]
+        ex_ctr_x = proposals[:, 0:1] + 0.5 * ex_widths
+        ex_ctr_y = proposals[:, 1:2] + 0.5 * ex_heights
+        gt_widths = reference_boxes[:, 2:3] - reference_boxes[:, 0:1]
+        gt_heights = reference_boxes[:, 3:4] - reference_boxes[:, 1:2]
+        gt_ctr_x = reference_boxes[:, 0:1] + 0.5 * gt_widths
+        gt_ctr_y = reference_boxes[:, 1:2] + 0.5 * gt_heights
+        return torch.cat((
+            wx * (gt_ctr_x - ex_ctr_x) / ex_widths,
+            wy * (gt_ctr_y - ex_ctr_y) / ex_heights,
+            ww * torch.log(gt_widths / ex_widths),
+            wh * torch.log(gt_heights / ex_heights),
+        ), dim=1)

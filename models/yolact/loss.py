@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.models.detection._utils import BoxCoder  # torchvision's box coder, public in all its detectors
 
+from models.common.box_coder import Float32BoxCoder
 from models.common.mask_crop import box_mask_region
 from models.yolact.targets import NEUTRAL, match_anchors
 
@@ -35,8 +35,9 @@ SSD_BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 MIN_PROTO_BOX_SIDE = 0.5
 
 
-def ssd_box_coder() -> BoxCoder:
-    return BoxCoder(weights=SSD_BOX_WEIGHTS)
+def ssd_box_coder() -> Float32BoxCoder:
+    """torchvision's box coder with SSD's weights; encodes and decodes without a host-to-device copy."""
+    return Float32BoxCoder(weights=SSD_BOX_WEIGHTS)
 
 
 @dataclass

@@ -19,10 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.common.box_coder import Float32BoxCoder
 from models.common.mask_crop import crop_masks
 from models.common.nms import batched_class_nms, cross_class_fast_nms, fast_nms_fixed
-from models.yolact.loss import SSD_BOX_WEIGHTS, YolactOutputs
+from models.yolact.loss import YolactOutputs, ssd_box_coder
 
 
 class YolactPostProcess:
@@ -48,7 +47,7 @@ class YolactPostProcess:
         self.nms_top_k = nms_top_k
         self.detections_per_img = detections_per_img
         self.mask_thresh = mask_thresh
-        self.box_coder = Float32BoxCoder(weights=SSD_BOX_WEIGHTS)  # torchvision's, without its host sync
+        self.box_coder = ssd_box_coder()
 
     def __call__(self, outputs: YolactOutputs, image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
         return [self.detect(outputs, index, size) for index, size in enumerate(image_sizes)]
